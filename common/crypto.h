@@ -1,0 +1,46 @@
+/* crypto.h: every use of libsodium in latchkey goes through here.
+ *
+ * Tokens are 32 bytes from the system CSPRNG, base64url without padding (43 chars). Only
+ * the BLAKE2b-256 hash of the token's 43 characters is ever stored (Postgres, cache) or
+ * sent between processes after signin. Passwords are hashed with argon2id
+ * (crypto_pwhash_str) and compared only through crypto_pwhash_str_verify.
+ */
+#ifndef LK_CRYPTO_H
+#define LK_CRYPTO_H
+
+#include "errors.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LK_TOKEN_LEN 43      /* base64url characters, no padding */
+#define LK_TOKEN_HASH_LEN 32 /* BLAKE2b-256 */
+#define LK_PWHASH_MAX 128    /* >= crypto_pwhash_STRBYTES */
+
+/* sodium_init(); call once at start of every process. Returns 0 or LK_ECRYPTO. */
+int lk_crypto_init(void) LK_WUR;
+
+/* Makes a new token: out gets LK_TOKEN_LEN chars plus NUL. Returns 0. */
+int lk_token_new(char out[LK_TOKEN_LEN + 1]) LK_WUR;
+
+/* Checks that token (len bytes, not necessarily NUL-terminated) is exactly LK_TOKEN_LEN
+ * base64url characters and hashes it. Returns 0 or LK_EMALFORMED. */
+int lk_token_hash(const char *token, size_t len, uint8_t out[LK_TOKEN_HASH_LEN]) LK_WUR;
+
+/* Hashes a password with argon2id at the given cost (ops = t, mem = bytes) into out (a
+ * NUL-terminated "$argon2id$..." string). Returns 0, LK_EINVAL for a cost outside
+ * libsodium's bounds, or LK_ECRYPTO (out of memory). */
+int lk_password_hash(const char *pw, size_t len, uint64_t ops, size_t mem,
+                     char out[LK_PWHASH_MAX]) LK_WUR;
+
+/* Verifies a password against a stored hash. Returns 0 on a match, LK_EINVAL on a
+ * mismatch or an unparseable stored hash. */
+int lk_password_verify(const char *stored, const char *pw, size_t len) LK_WUR;
+
+/* Wipes len bytes at p (sodium_memzero). */
+void lk_wipe(void *p, size_t len);
+
+/* Constant-time equality of two buffers of len bytes: 1 if equal, 0 if not. */
+int lk_equal(const void *a, const void *b, size_t len);
+
+#endif

@@ -1,0 +1,62 @@
+/* db.h: one Postgres connection and every query latchkey makes.
+ *
+ * Caveats:
+ * - One lk_db_t per process, opened after fork/exec; libpq connections are not shared.
+ * - Calls block (workers and the sweeper run one job at a time; the gateway never calls
+ *   this module).
+ * - After a connection loss the next call reconnects once before failing with LK_EDB.
+ * - libpq errors are logged here (without parameters: no email, no hash) and become LK_EDB.
+ */
+#ifndef LK_DB_H
+#define LK_DB_H
+
+#include "errors.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct lk_db lk_db_t;
+
+struct lk_db_user {
+    uint8_t id[16];
+    char email[255];
+    char password_hash[128];
+    int is_active;
+    int64_t created_ms;
+};
+
+/* Connects with a libpq conninfo string or URL. *out is caller-owned: lk_db_destroy.
+ * Returns 0 or LK_EDB. */
+int lk_db_connect(const char *conninfo, lk_db_t **out) LK_WUR;
+
+/* Closes the connection and sets *self_p to NULL. NULL-safe. */
+void lk_db_destroy(lk_db_t **self_p);
+
+/* SELECT 1. Returns 0 or LK_EDB. */
+int lk_db_ping(lk_db_t *self) LK_WUR;
+
+/* Applies every sql/NNN_*.sql file of dir not yet in schema_migrations, in name order,
+ * each in its own transaction together with its schema_migrations row. Returns 0 or LK_EDB
+ * (the failing file is logged). */
+int lk_db_migrate(lk_db_t *self, const char *dir) LK_WUR;
+
+/* Inserts a user. On success fills id and *created_ms. Returns 0, LK_EEXISTS when the
+ * email is taken, or LK_EDB. */
+int lk_db_user_insert(lk_db_t *self, const char *email, const char *password_hash,
+                      uint8_t id[16], int64_t *created_ms) LK_WUR;
+
+/* Looks a user up by normalized email. Returns 0, LK_ENOTFOUND or LK_EDB. */
+int lk_db_user_by_email(lk_db_t *self, const char *email, struct lk_db_user *out) LK_WUR;
+
+/* Inserts a session row. Returns 0 or LK_EDB. */
+int lk_db_session_insert(lk_db_t *self, const uint8_t hash[32], const uint8_t user_id[16],
+                         int64_t created_ms, int64_t expires_ms) LK_WUR;
+
+/* Deletes a session row. Returns 0, LK_ENOTFOUND when no row had that hash, or LK_EDB. */
+int lk_db_session_delete(lk_db_t *self, const uint8_t hash[32]) LK_WUR;
+
+/* Deletes up to limit session rows whose expires_at is before before_ms; *deleted gets
+ * the count. Returns 0 or LK_EDB. */
+int lk_db_sessions_expire(lk_db_t *self, int64_t before_ms, int limit, int *deleted) LK_WUR;
+
+#endif

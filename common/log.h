@@ -1,0 +1,35 @@
+/* log.h: structured logging, one logfmt line per event on stderr.
+ *
+ *   time=2026-12-04T20:00:00.123Z level=info role=gateway pid=42 rid=abc msg="..." k=v
+ *
+ * Nothing secret is ever passed here: no password, token, hash or Authorization header.
+ * The supervisor merges every child's stderr into one stream.
+ */
+#ifndef LK_LOG_H
+#define LK_LOG_H
+
+#include <stdarg.h>
+
+enum lk_log_level { LK_LOG_DEBUG = 0, LK_LOG_INFO, LK_LOG_WARN, LK_LOG_ERROR };
+
+/* Sets the role name printed in every line (borrowed: must outlive the process) and the
+ * minimum level. Call once at start; safe to call again (SIGHUP). */
+void lk_log_init(const char *role, enum lk_log_level level);
+
+/* Parses "debug" / "info" / "warn" / "error". Returns 0 or LK_EINVAL. */
+int lk_log_level_parse(const char *s, enum lk_log_level *out);
+
+/* Logs msg (printf format) at level. rid is the request id or NULL. The formatted text is
+ * written as msg="..." with quotes and backslashes escaped and control bytes replaced. */
+void lk_log(enum lk_log_level level, const char *rid, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define lk_debug(...) lk_log(LK_LOG_DEBUG, NULL, __VA_ARGS__)
+#define lk_info(...) lk_log(LK_LOG_INFO, NULL, __VA_ARGS__)
+#define lk_warn(...) lk_log(LK_LOG_WARN, NULL, __VA_ARGS__)
+#define lk_error(...) lk_log(LK_LOG_ERROR, NULL, __VA_ARGS__)
+
+/* Logs at error level and exits with status 1 (fatal: the supervisor restarts the role). */
+void lk_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+#endif
