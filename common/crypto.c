@@ -1,0 +1,116 @@
+/* crypto.c: latchkey's only door to libsodium (see crypto.h). libsodium's -1 never leaves
+ * this file: it becomes LK_ECRYPTO or LK_EINVAL. */
+#include "crypto.h"
+
+#include <sodium.h>
+#include <string.h>
+
+/* The header's sizes are part of the public contract; if libsodium's ever move, fail the
+ * build here rather than overflow a caller's buffer. */
+_Static_assert(LK_PWHASH_MAX >= crypto_pwhash_STRBYTES, "LK_PWHASH_MAX too small");
+_Static_assert(LK_TOKEN_HASH_LEN == crypto_generichash_BYTES, "token hash is BLAKE2b-256");
+_Static_assert(LK_TOKEN_HASH_LEN >= crypto_generichash_BYTES_MIN &&
+                   LK_TOKEN_HASH_LEN <= crypto_generichash_BYTES_MAX,
+               "token hash size outside BLAKE2b's range");
+
+#define S_TOKEN_RAW 32
+_Static_assert(sodium_base64_ENCODED_LEN(S_TOKEN_RAW, sodium_base64_VARIANT_URLSAFE_NO_PADDING) ==
+                   LK_TOKEN_LEN + 1,
+               "32 bytes must encode to LK_TOKEN_LEN base64url characters");
+
+/* We pin argon2id in the stored string, so its bounds are the ones that apply; today they
+ * are also crypto_pwhash_*'s (argon2id is libsodium's default). */
+#define S_OPS_MIN crypto_pwhash_argon2id_OPSLIMIT_MIN
+#define S_OPS_MAX crypto_pwhash_argon2id_OPSLIMIT_MAX
+#define S_MEM_MIN crypto_pwhash_argon2id_MEMLIMIT_MIN
+#define S_MEM_MAX crypto_pwhash_argon2id_MEMLIMIT_MAX
+_Static_assert(S_OPS_MIN == crypto_pwhash_OPSLIMIT_MIN && S_MEM_MIN == crypto_pwhash_MEMLIMIT_MIN,
+               "argon2id is no longer libsodium's default");
+
+static const char s_argon2id_prefix[] = "$argon2id$";
+
+static int s_is_b64url(unsigned char c)
+{
+    /* Spelled out instead of isalnum(): the locale must not widen the alphabet. */
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_';
+}
+
+int lk_crypto_init(void)
+{
+    /* 1 means "already initialised", which is fine for a second caller. */
+    return sodium_init() < 0 ? LK_ECRYPTO : 0;
+}
+
+int lk_token_new(char out[LK_TOKEN_LEN + 1])
+{
+    unsigned char raw[S_TOKEN_RAW];
+    randombytes_buf(raw, sizeof raw);
+    sodium_bin2base64(out, LK_TOKEN_LEN + 1, raw, sizeof raw,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    /* The raw bytes are the token: do not leave them on the stack. */
+    sodium_memzero(raw, sizeof raw);
+    return 0;
+}
+
+int lk_token_hash(const char *token, size_t len, uint8_t out[LK_TOKEN_HASH_LEN])
+{
+    if (token == NULL || len != LK_TOKEN_LEN)
+        return LK_EMALFORMED;
+    /* A strict alphabet check makes the hash a function of the token's one spelling:
+     * padding, '+'/'/' or an embedded NUL can never alias a valid token. */
+    for (size_t i = 0; i < len; i++)
+        if (!s_is_b64url((unsigned char)token[i]))
+            return LK_EMALFORMED;
+    /* With 256 bits of CSPRNG input an unkeyed hash is enough: it only has to be one-way
+     * so that a leaked cache or table does not yield usable tokens. */
+    if (crypto_generichash(out, LK_TOKEN_HASH_LEN, (const unsigned char *)token, len, NULL, 0) != 0)
+        return LK_ECRYPTO;
+    return 0;
+}
+
+int lk_password_hash(const char *pw, size_t len, uint64_t ops, size_t mem, char out[LK_PWHASH_MAX])
+{
+    if (pw == NULL && len > 0)
+        return LK_EINVAL;
+    if (ops < S_OPS_MIN || ops > S_OPS_MAX || mem < S_MEM_MIN || mem > S_MEM_MAX)
+        return LK_EINVAL;
+    if ((unsigned long long)len > crypto_pwhash_PASSWD_MAX)
+        return LK_EINVAL;
+    /* libsodium fails here only when it cannot allocate mem bytes (or threads). */
+    if (crypto_pwhash_str_alg(out, pw ? pw : "", len, ops, mem, crypto_pwhash_ALG_ARGON2ID13) != 0)
+        return LK_ECRYPTO;
+    return 0;
+}
+
+int lk_password_verify(const char *stored, const char *pw, size_t len)
+{
+    if (stored == NULL || (pw == NULL && len > 0))
+        return LK_EINVAL;
+    /* strnlen, not memchr: stored may be a short string and must not be read past its NUL. */
+    size_t n = strnlen(stored, LK_PWHASH_MAX);
+    if (n == LK_PWHASH_MAX || n < sizeof s_argon2id_prefix - 1 ||
+        memcmp(stored, s_argon2id_prefix, sizeof s_argon2id_prefix - 1) != 0)
+        return LK_EINVAL;
+    /* crypto_pwhash_str_verify's parameter is declared as a STRBYTES array: hand it one, so
+     * neither the compiler nor libsodium has reason to look beyond what we own. */
+    char buf[crypto_pwhash_STRBYTES];
+    if (n >= sizeof buf)
+        return LK_EINVAL;
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, stored, n);
+    if (crypto_pwhash_str_verify(buf, pw ? pw : "", len) != 0)
+        return LK_EINVAL;
+    return 0;
+}
+
+void lk_wipe(void *p, size_t len)
+{
+    if (p != NULL)
+        sodium_memzero(p, len);
+}
+
+int lk_equal(const void *a, const void *b, size_t len)
+{
+    return sodium_memcmp(a, b, len) == 0;
+}
