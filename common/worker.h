@@ -23,6 +23,7 @@
 #include "config.h"
 #include "db.h"
 #include "errors.h"
+#include "util.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -69,5 +70,18 @@ struct msg_handler {
  * a malformed or unexpected message from the gateway and any ZeroMQ failure are fatal. */
 int lk_worker_run(const char *role, const struct lk_config *cfg,
                   const struct msg_handler *handlers, size_t nhandlers) LK_WUR;
+
+/* Sets the status and the JSON error body (stable code, short human text) of any worker
+ * reply r (every reply type has status, error and message fields). */
+#define LK_REPLY_ERROR(r, st, code, text)                             \
+    do {                                                              \
+        (r)->status = (st);                                           \
+        (void)lk_strlcpy((r)->error, (code), sizeof (r)->error);      \
+        (void)lk_strlcpy((r)->message, (text), sizeof (r)->message);  \
+    } while (0)
+
+/* The answer when Postgres, the cache or the hashing failed: the client may retry. */
+#define LK_REPLY_UNAVAILABLE(r) \
+    LK_REPLY_ERROR(r, 503, "unavailable", "the service is temporarily unavailable")
 
 #endif

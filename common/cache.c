@@ -1,0 +1,434 @@
+/* cache.c: the LMDB session cache (see cache.h for the contract and its Caveats).
+ *
+ * LMDB's own codes stop here: system errors from opening become -errno, everything else is
+ * logged with mdb_strerror() and becomes LK_ECACHE. */
+#include "cache.h"
+
+#include "log.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#define S_DB_NAME "sessions"
+#define S_KEY_LEN 32
+
+/* Value layout, little-endian whatever the host, so a cache file means the same thing to
+ * every build that maps it:
+ *   [0]       format version (S_FORMAT)
+ *   [1..16]   user id
+ *   [17..24]  created_ms, int64
+ *   [25..32]  expires_ms, int64
+ *   [33]      email length n, 1..254
+ *   [34..]    n email bytes, no NUL
+ * The version byte lets a later layout coexist with this one during a rolling restart:
+ * an unknown version reads as absent instead of as garbage. */
+#define S_FORMAT 1
+#define S_HDR_LEN 34
+#define S_EMAIL_MAX 254
+#define S_VALUE_MAX (S_HDR_LEN + S_EMAIL_MAX)
+
+struct lk_cache {
+    MDB_env *env;
+    MDB_dbi dbi;
+    /* The one read transaction of this handle, kept reset between lookups: renew costs a
+     * few loads and stores on the reader slot it already owns, where begin/abort would
+     * allocate and search the reader table on every validate. NULL until first needed or
+     * after an error ended it. */
+    MDB_txn *rtxn;
+    int readonly;
+};
+
+static int s_open_dbi(lk_cache_t *self, const char *path);
+static int s_read_begin(lk_cache_t *self, MDB_txn **txn);
+static void s_read_end(lk_cache_t *self);
+static int s_write_begin(lk_cache_t *self, MDB_txn **txn);
+static int s_commit(MDB_txn *txn, const char *what);
+static size_t s_encode(const struct lk_session *s, uint8_t buf[S_VALUE_MAX]);
+static int s_decode(const MDB_val *v, struct lk_session *out);
+
+static void s_put_i64(uint8_t *p, int64_t v)
+{
+    uint64_t u = (uint64_t)v;
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(u >> (8 * i));
+}
+
+static int64_t s_get_i64(const uint8_t *p)
+{
+    uint64_t u = 0;
+    for (int i = 0; i < 8; i++)
+        u |= (uint64_t)p[i] << (8 * i);
+    return (int64_t)u;
+}
+
+/* Open-time errors: positive codes are errno values (a missing directory must read as
+ * -ENOENT to the caller), LMDB's negative ones are ours to hide. */
+static int s_open_err(int rc)
+{
+    return rc > 0 ? -rc : LK_ECACHE;
+}
+
+int lk_cache_open(const char *path, size_t map_size, int readonly, lk_cache_t **out)
+{
+    if (path == NULL || *path == '\0' || out == NULL)
+        return -EINVAL;
+    *out = NULL;
+    if (!readonly && mkdir(path, 0700) != 0 && errno != EEXIST) {
+        int e = errno;
+        lk_error("cache: mkdir %s: %s", path, strerror(e));
+        return -e;
+    }
+    lk_cache_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return -ENOMEM;
+    self->readonly = readonly ? 1 : 0;
+    int rc = mdb_env_create(&self->env);
+    if (rc != 0) {
+        lk_error("cache: mdb_env_create: %s", mdb_strerror(rc));
+        free(self);
+        return s_open_err(rc);
+    }
+    /* "sessions" plus room for the throttling counters' key families. */
+    rc = mdb_env_set_maxdbs(self->env, 4);
+    /* Every gateway, worker and sweeper process of the host holds one slot for its life;
+     * LMDB's default of 126 would cap a scaled-out host. */
+    if (rc == 0)
+        rc = mdb_env_set_maxreaders(self->env, 512);
+    /* 0 keeps the size already recorded in the environment (readers need not know it). */
+    if (rc == 0 && map_size > 0)
+        rc = mdb_env_set_mapsize(self->env, map_size);
+    /* MDB_NOTLS ties the reader slot to our MDB_txn object instead of to the thread.
+     * Every role is single-threaded, so thread-local storage buys nothing; without NOTLS a
+     * reset rtxn gives its slot back to "this thread" and renew must look it up again, and
+     * any other read transaction begun meanwhile would take that slot and make our renew
+     * fail with MDB_BAD_RSLOT. With NOTLS the kept-reset rtxn owns its slot for the life of
+     * the handle, which is exactly the model the hot path relies on. */
+    unsigned flags = MDB_NOTLS | (self->readonly ? MDB_RDONLY : 0);
+    if (rc == 0)
+        rc = mdb_env_open(self->env, path, flags, 0600);
+    if (rc != 0) {
+        if (self->readonly && rc == ENOENT)
+            lk_error("cache: no environment at %s: it must be created read-write first", path);
+        else
+            lk_error("cache: open %s: %s", path, mdb_strerror(rc));
+        mdb_env_close(self->env);
+        free(self);
+        return s_open_err(rc);
+    }
+    rc = s_open_dbi(self, path);
+    if (rc == 0) {
+        /* Take our reader slot now: a full reader table is a start-up failure (the role
+         * exits and is restarted), not a validate that fails later. */
+        MDB_txn *txn;
+        rc = s_read_begin(self, &txn);
+        if (rc == 0)
+            s_read_end(self);
+    }
+    if (rc != 0) {
+        lk_cache_destroy(&self);
+        return rc;
+    }
+    *out = self;
+    return 0;
+}
+
+/* Opens the "sessions" handle. A read-write open creates it in a write transaction; a
+ * read-only one must find it, in a read transaction that is committed (not aborted) because
+ * only a commit keeps the handle for later transactions. */
+static int s_open_dbi(lk_cache_t *self, const char *path)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(self->env, NULL, self->readonly ? MDB_RDONLY : 0, &txn);
+    if (rc != 0) {
+        lk_error("cache: begin in %s: %s", path, mdb_strerror(rc));
+        return s_open_err(rc);
+    }
+    rc = mdb_dbi_open(txn, S_DB_NAME, self->readonly ? 0 : MDB_CREATE, &self->dbi);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        if (rc == MDB_NOTFOUND) {
+            lk_error("cache: no '" S_DB_NAME "' database in %s: it must be created read-write "
+                     "first", path);
+            return -ENOENT;
+        }
+        lk_error("cache: open database '" S_DB_NAME "' in %s: %s", path, mdb_strerror(rc));
+        return s_open_err(rc);
+    }
+    rc = mdb_txn_commit(txn);
+    if (rc != 0) {
+        lk_error("cache: commit database '" S_DB_NAME "' in %s: %s", path, mdb_strerror(rc));
+        return s_open_err(rc);
+    }
+    return 0;
+}
+
+void lk_cache_destroy(lk_cache_t **self_p)
+{
+    if (self_p == NULL || *self_p == NULL)
+        return;
+    lk_cache_t *self = *self_p;
+    /* Aborting (not just resetting) releases the reader slot before the env goes. */
+    if (self->rtxn)
+        mdb_txn_abort(self->rtxn);
+    mdb_env_close(self->env);
+    free(self);
+    *self_p = NULL;
+}
+
+static int s_read_begin(lk_cache_t *self, MDB_txn **txn)
+{
+    int rc;
+    if (self->rtxn) {
+        rc = mdb_txn_renew(self->rtxn);
+        if (rc == 0) {
+            *txn = self->rtxn;
+            return 0;
+        }
+        mdb_txn_abort(self->rtxn);
+        self->rtxn = NULL;
+    } else {
+        rc = mdb_txn_begin(self->env, NULL, MDB_RDONLY, &self->rtxn);
+        if (rc == 0) {
+            *txn = self->rtxn;
+            return 0;
+        }
+        self->rtxn = NULL;
+    }
+    if (rc == MDB_MAP_RESIZED) {
+        /* Another process grew the map past ours: adopt its size (legal now, since this
+         * process has no live transaction) and try once more. */
+        rc = mdb_env_set_mapsize(self->env, 0);
+        if (rc == 0)
+            rc = mdb_txn_begin(self->env, NULL, MDB_RDONLY, &self->rtxn);
+        if (rc == 0) {
+            *txn = self->rtxn;
+            return 0;
+        }
+        self->rtxn = NULL;
+    }
+    lk_error("cache: read transaction: %s", mdb_strerror(rc));
+    return LK_ECACHE;
+}
+
+static void s_read_end(lk_cache_t *self)
+{
+    /* Reset, not abort: the snapshot is released (writers may reuse its pages) but the
+     * handle and its reader slot stay ours for the next renew. */
+    mdb_txn_reset(self->rtxn);
+}
+
+static int s_write_begin(lk_cache_t *self, MDB_txn **txn)
+{
+    if (self->readonly)
+        return -EPERM;
+    int rc = mdb_txn_begin(self->env, NULL, 0, txn);
+    if (rc == MDB_MAP_RESIZED) {
+        /* As in s_read_begin: our rtxn is reset, so no transaction of ours is live. */
+        rc = mdb_env_set_mapsize(self->env, 0);
+        if (rc == 0)
+            rc = mdb_txn_begin(self->env, NULL, 0, txn);
+    }
+    if (rc != 0) {
+        lk_error("cache: write transaction: %s", mdb_strerror(rc));
+        return LK_ECACHE;
+    }
+    return 0;
+}
+
+/* Any LMDB failure inside a write path: the transaction is gone either way, and the map
+ * being full gets a line of its own because its fix is an operator's (a bigger map). */
+static int s_write_fail(MDB_txn *txn, int rc, const char *what)
+{
+    if (txn)
+        mdb_txn_abort(txn);
+    if (rc == MDB_MAP_FULL)
+        lk_error("cache: %s: map full: raise the cache map size", what);
+    else
+        lk_error("cache: %s: %s", what, mdb_strerror(rc));
+    return LK_ECACHE;
+}
+
+static int s_commit(MDB_txn *txn, const char *what)
+{
+    /* mdb_txn_commit frees txn even when it fails. */
+    int rc = mdb_txn_commit(txn);
+    return rc == 0 ? 0 : s_write_fail(NULL, rc, what);
+}
+
+static size_t s_encode(const struct lk_session *s, uint8_t buf[S_VALUE_MAX])
+{
+    size_t n = strnlen(s->email, sizeof s->email);
+    if (n == 0 || n > S_EMAIL_MAX)
+        return 0;
+    buf[0] = S_FORMAT;
+    memcpy(buf + 1, s->user_id, 16);
+    s_put_i64(buf + 17, s->created_ms);
+    s_put_i64(buf + 25, s->expires_ms);
+    buf[33] = (uint8_t)n;
+    memcpy(buf + S_HDR_LEN, s->email, n);
+    return S_HDR_LEN + n;
+}
+
+/* Every byte of the value is checked before it is trusted: the file is shared by several
+ * processes and may outlive the build that wrote it. Returns 0 or -1 (treat as absent). */
+static int s_decode(const MDB_val *v, struct lk_session *out)
+{
+    const uint8_t *p = v->mv_data;
+    if (v->mv_size < S_HDR_LEN || p[0] != S_FORMAT)
+        return -1;
+    size_t n = p[33];
+    if (n == 0 || n > S_EMAIL_MAX || v->mv_size != S_HDR_LEN + n ||
+        memchr(p + S_HDR_LEN, '\0', n) != NULL)
+        return -1;
+    memcpy(out->user_id, p + 1, 16);
+    out->created_ms = s_get_i64(p + 17);
+    out->expires_ms = s_get_i64(p + 25);
+    memcpy(out->email, p + S_HDR_LEN, n);
+    out->email[n] = '\0';
+    return 0;
+}
+
+int lk_cache_session_get(lk_cache_t *self, const uint8_t hash[32], int64_t now_ms,
+                         struct lk_session *out)
+{
+    MDB_txn *txn;
+    int rc = s_read_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash}, v;
+    struct lk_session s;
+    rc = mdb_get(txn, self->dbi, &k, &v);
+    int bad = rc == 0 ? s_decode(&v, &s) : 0;
+    size_t vsize = rc == 0 ? v.mv_size : 0;
+    /* v points into the map: everything needed was copied out above. */
+    s_read_end(self);
+    if (rc == MDB_NOTFOUND)
+        return LK_ENOTFOUND;
+    if (rc != 0) {
+        lk_error("cache: get: %s", mdb_strerror(rc));
+        return LK_ECACHE;
+    }
+    if (bad) {
+        /* No key in the line: it is a token hash. The sweeper deletes the entry. */
+        lk_warn("cache: corrupt session value (%zu bytes) treated as absent", vsize);
+        return LK_ENOTFOUND;
+    }
+    /* Checked here, not left to the sweeper: a token is invalid from the ms it expires. */
+    if (now_ms >= s.expires_ms)
+        return LK_ENOTFOUND;
+    *out = s;
+    return 0;
+}
+
+int lk_cache_session_put(lk_cache_t *self, const uint8_t hash[32], const struct lk_session *s)
+{
+    if (self->readonly)
+        return -EPERM;
+    uint8_t buf[S_VALUE_MAX];
+    size_t n = s_encode(s, buf);
+    if (n == 0)
+        return -EINVAL; /* empty or unterminated email: a caller bug, not a cache failure */
+    MDB_txn *txn;
+    int rc = s_write_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash};
+    MDB_val v = {.mv_size = n, .mv_data = buf};
+    rc = mdb_put(txn, self->dbi, &k, &v, 0);
+    if (rc != 0)
+        return s_write_fail(txn, rc, "put");
+    return s_commit(txn, "put commit");
+}
+
+int lk_cache_session_del(lk_cache_t *self, const uint8_t hash[32])
+{
+    MDB_txn *txn;
+    int rc = s_write_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash};
+    rc = mdb_del(txn, self->dbi, &k, NULL);
+    if (rc == MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return LK_ENOTFOUND;
+    }
+    if (rc != 0)
+        return s_write_fail(txn, rc, "del");
+    return s_commit(txn, "del commit");
+}
+
+int lk_cache_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed)
+{
+    *removed = 0;
+    if (max == 0)
+        return self->readonly ? -EPERM : 0;
+    MDB_txn *txn;
+    int rc = s_write_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_cursor *cur;
+    rc = mdb_cursor_open(txn, self->dbi, &cur);
+    if (rc != 0)
+        return s_write_fail(txn, rc, "sweep cursor");
+    size_t n = 0;
+    MDB_val k, v;
+    /* Keys are token hashes, so expiry order is not key order: this is a full scan. It
+     * holds the writer lock for its length, hence the caller's max and the loop above. */
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    while (rc == 0 && n < max) {
+        struct lk_session s;
+        /* A corrupt value can never be served (get reads it as absent): it is garbage
+         * like an expired session, and this is the one place that collects garbage. */
+        int corrupt = s_decode(&v, &s) != 0;
+        if (corrupt || s.expires_ms < before_ms) {
+            if (corrupt)
+                lk_warn("cache: sweep deletes a corrupt session value (%zu bytes)", v.mv_size);
+            rc = mdb_cursor_del(cur, 0);
+            if (rc != 0)
+                break;
+            n++;
+        }
+        /* After a delete the cursor already sits on the next entry; MDB_NEXT knows. */
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return s_write_fail(txn, rc, "sweep");
+    rc = s_commit(txn, "sweep commit");
+    if (rc == 0)
+        *removed = n;
+    return rc;
+}
+
+int lk_cache_count(lk_cache_t *self, size_t *count)
+{
+    MDB_txn *txn;
+    int rc = s_read_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_stat st;
+    /* O(1) from the B-tree header: entries stored, so sessions that expired but were not
+     * swept yet are included. */
+    rc = mdb_stat(txn, self->dbi, &st);
+    s_read_end(self);
+    if (rc != 0) {
+        lk_error("cache: stat: %s", mdb_strerror(rc));
+        return LK_ECACHE;
+    }
+    *count = st.ms_entries;
+    return 0;
+}
+
+int lk_cache_reader_check(lk_cache_t *self, int *dead)
+{
+    int rc = mdb_reader_check(self->env, dead);
+    if (rc != 0) {
+        lk_error("cache: reader check: %s", mdb_strerror(rc));
+        return LK_ECACHE;
+    }
+    return 0;
+}
