@@ -151,8 +151,7 @@ static int s_open_dbi(lk_cache_t *self, const char *path)
     if (rc != 0) {
         mdb_txn_abort(txn);
         if (rc == MDB_NOTFOUND) {
-            lk_error("cache: no '" S_DB_NAME "' database in %s: it must be created read-write "
-                     "first", path);
+            lk_error("cache: no '" S_DB_NAME "' database in %s: open it read-write first", path);
             return -ENOENT;
         }
         lk_error("cache: open database '" S_DB_NAME "' in %s: %s", path, mdb_strerror(rc));

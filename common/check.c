@@ -8,8 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* api.md's \s is ASCII white space only: Unicode spaces are ordinary bytes here, so the
- * gateway and the workers (and any other language's client) agree on the same set. */
+/* check.h reads api.md's \s as ASCII white space only: Unicode spaces are ordinary bytes
+ * here, so the gateway, the workers and any client agree on one fixed set. */
 static int s_is_space(unsigned char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
@@ -32,7 +32,7 @@ int lk_email_normalize(const char *in, size_t len, char out[LK_EMAIL_MAX + 1])
     /* One pass checks ^[^\s@]+@[^\s@]+\.[^\s@]+$ while copying: exactly one '@' with at
      * least one byte before it, and a '.' in the domain with a byte on each side of it. */
     size_t at = SIZE_MAX; /* index of the '@' in out */
-    int dot_ok = 0;       /* a '.' seen in the domain with a non-empty part before it */
+    int dot_ok = 0;       /* a '.' in the domain with a byte on each side */
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)in[b + i];
         if (c == '\0' || s_is_space(c))

@@ -116,6 +116,13 @@ int lk_parse_duration(const char *s, int64_t *ms_out) LK_WUR;
 /* Parses a size ("65536", "64K", "64KiB", "10M", "1G") into bytes. Returns 0 or LK_EINVAL. */
 int lk_parse_size(const char *s, size_t *bytes_out) LK_WUR;
 
+/* For SIGHUP: compares a freshly loaded configuration (next) with the running one (cur),
+ * both from lk_config_load. Returns 0 when they differ only in reloadable keys (each is
+ * marked in docs/configuration.md); otherwise LK_ECONFIG, naming the first changed key
+ * that needs a restart in err ("section.key: changed; needs a restart"). */
+int lk_config_check_reload(const struct lk_config *cur, const struct lk_config *next, char *err,
+                           size_t errlen) LK_WUR;
+
 /* Writes every key as "section.key = default  # doc" lines to out (for docs and -p). */
 void lk_config_print_defaults(void *file /* FILE* */);
 

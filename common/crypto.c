@@ -32,8 +32,8 @@ static const char s_argon2id_prefix[] = "$argon2id$";
 static int s_is_b64url(unsigned char c)
 {
     /* Spelled out instead of isalnum(): the locale must not widen the alphabet. */
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_';
 }
 
 int lk_crypto_init(void)

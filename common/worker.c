@@ -20,7 +20,7 @@
 #define DB_RETRY_MAX_MS 30000
 #define GW_RETRY_MIN_MS 1000
 #define GW_RETRY_MAX_MS 32000
-#define GW_LIVENESS 3       /* silent heartbeat intervals before the gateway is dead */
+#define GW_LIVENESS 3 /* silent heartbeat intervals before the gateway is dead */
 #define DB_IDLE_PING_MS 5000
 
 struct worker {
@@ -29,12 +29,12 @@ struct worker {
     const struct msg_handler *handlers;
     size_t nhandlers;
     void *zctx;
-    void *sock;           /* DEALER to the gateway; NULL only inside a reconnect */
+    void *sock; /* DEALER to the gateway; NULL only inside a reconnect */
     lk_db_t *db;
-    int db_ok;            /* the last Postgres call or ping succeeded */
-    int64_t db_used_ms;   /* monotonic: last Postgres call or ping */
-    int64_t gw_seen_ms;   /* monotonic: last message from the gateway (or the READY) */
-    int64_t gw_retry_ms;  /* wait before the next reconnect */
+    int db_ok;           /* the last Postgres call or ping succeeded */
+    int64_t db_used_ms;  /* monotonic: last Postgres call or ping */
+    int64_t gw_seen_ms;  /* monotonic: last message from the gateway (or the READY) */
+    int64_t gw_retry_ms; /* wait before the next reconnect */
 };
 
 static void s_usage(const char *role);
@@ -82,6 +82,9 @@ void lk_role_start(const char *role, int argc, char **argv, struct lk_config *cf
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    /* Reload is the supervisor's (for now it only logs it): a stray SIGHUP, say from a
+     * closing terminal, must not kill a role. */
+    sigaddset(&set, SIGHUP);
     if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
         lk_fatal("sigprocmask: %s", strerror(errno));
     s_sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -104,7 +107,11 @@ int lk_role_stopping(void)
 {
     struct signalfd_siginfo si;
 
-    if (!s_stopping && read(s_sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+    while (!s_stopping && read(s_sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGHUP) {
+            lk_info("SIGHUP ignored: configuration reload is not supported yet");
+            continue;
+        }
         s_stopping = 1;
         lk_info("%s: stopping", strsignal((int)si.ssi_signo));
     }
@@ -127,8 +134,8 @@ int lk_role_sleep(int64_t ms)
 
 /* ---- workers --------------------------------------------------------------------------- */
 
-int lk_worker_run(const char *role, const struct lk_config *cfg,
-                  const struct msg_handler *handlers, size_t nhandlers)
+int lk_worker_run(const char *role, const struct lk_config *cfg, const struct msg_handler *handlers,
+                  size_t nhandlers)
 {
     struct worker w = {
         .role = role,
@@ -196,7 +203,8 @@ static void s_db_result(struct worker *w, int rc)
     int ok = rc != LK_EDB;
 
     if (ok != w->db_ok && w->db_used_ms)
-        lk_log(ok ? LK_LOG_INFO : LK_LOG_WARN, NULL, ok ? "Postgres answers again" : "Postgres failed");
+        lk_log(ok ? LK_LOG_INFO : LK_LOG_WARN, NULL,
+               ok ? "Postgres answers again" : "Postgres failed");
     w->db_ok = ok;
     w->db_used_ms = lk_mono_ms();
 }
@@ -257,12 +265,10 @@ static int s_has_input(void *sock)
  * Returns 0, or 1 when a stop signal came during a reconnect. */
 static int s_cron(struct worker *w)
 {
-    int64_t now = lk_mono_ms();
-
-    if (now - w->gw_seen_ms >= GW_LIVENESS * w->cfg->gateway.heartbeat_ms &&
+    if (lk_mono_ms() - w->gw_seen_ms >= GW_LIVENESS * w->cfg->gateway.heartbeat_ms &&
         !s_has_input(w->sock) && s_gateway_reconnect(w) != 0)
         return 1;
-    if (now - w->db_used_ms >= DB_IDLE_PING_MS)
+    if (lk_mono_ms() - w->db_used_ms >= DB_IDLE_PING_MS)
         s_db_result(w, lk_db_ping(w->db));
 
     struct lk_msg hb = {.type = MSG_WK_HEARTBEAT};

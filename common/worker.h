@@ -7,9 +7,10 @@
  *   written against plain libzmq), shared by the signup and signin workers.
  *
  * Caveats:
- * - lk_role_start blocks SIGTERM and SIGINT for the whole process and turns them into a
- *   signalfd, so a signal never interrupts a job half-way: it is noticed when the loop
- *   next waits (lk_role_sleep, lk_role_signal_fd in a poll set) or asks (lk_role_stopping).
+ * - lk_role_start blocks SIGTERM, SIGINT and SIGHUP (logged, otherwise ignored for now) for
+ *   the whole process and turns them into a signalfd, so a signal never interrupts a job
+ *   half-way: it is noticed when the loop next waits (lk_role_sleep, lk_role_signal_fd in a
+ *   poll set) or asks (lk_role_stopping).
  *   Call it before creating any thread (the ZeroMQ context's I/O threads included), so that
  *   every thread inherits the mask.
  * - One job at a time: a handler blocks the loop (argon2id is CPU-bound, libpq calls block),
@@ -32,12 +33,13 @@
 
 /* Start-up of a role: lk_die_with_parent(); parses argv ("-c FILE", the file optional);
  * lk_config_load into *cfg; lk_log_init(role, cfg->log.level); lk_crypto_init(); blocks
- * SIGTERM/SIGINT into a signalfd. role is borrowed (a string literal: the log keeps it).
+ * SIGTERM/SIGINT/SIGHUP into a signalfd. role is borrowed (a string literal: the log keeps
+ * it).
  * Never returns on failure: a usage error exits 2, any other failure is logged and exits 1. */
 void lk_role_start(const char *role, int argc, char **argv, struct lk_config *cfg);
 
 /* The signalfd of lk_role_start (non-blocking), for a caller's own poll set: readable once
- * SIGTERM or SIGINT arrived. Read it only through lk_role_stopping. */
+ * a signal arrived. Read it only through lk_role_stopping. */
 int lk_role_signal_fd(void);
 
 /* Returns 1 once SIGTERM or SIGINT has arrived (sticky), else 0. Never blocks. */
@@ -68,20 +70,20 @@ struct msg_handler {
  * silent intervals, and dispatches every job to handlers[] one at a time. role and cfg are
  * borrowed for the call. Returns 0 after a stop signal (the current job finished first);
  * a malformed or unexpected message from the gateway and any ZeroMQ failure are fatal. */
-int lk_worker_run(const char *role, const struct lk_config *cfg,
-                  const struct msg_handler *handlers, size_t nhandlers) LK_WUR;
+int lk_worker_run(const char *role, const struct lk_config *cfg, const struct msg_handler *handlers,
+                  size_t nhandlers) LK_WUR;
 
 /* Sets the status and the JSON error body (stable code, short human text) of any worker
  * reply r (every reply type has status, error and message fields). */
-#define LK_REPLY_ERROR(r, st, code, text)                             \
-    do {                                                              \
-        (r)->status = (st);                                           \
-        (void)lk_strlcpy((r)->error, (code), sizeof (r)->error);      \
-        (void)lk_strlcpy((r)->message, (text), sizeof (r)->message);  \
+#define LK_REPLY_ERROR(r, st, code, text)                                                          \
+    do {                                                                                           \
+        (r)->status = (st);                                                                        \
+        (void)lk_strlcpy((r)->error, (code), sizeof(r)->error);                                    \
+        (void)lk_strlcpy((r)->message, (text), sizeof(r)->message);                                \
     } while (0)
 
 /* The answer when Postgres, the cache or the hashing failed: the client may retry. */
-#define LK_REPLY_UNAVAILABLE(r) \
+#define LK_REPLY_UNAVAILABLE(r)                                                                    \
     LK_REPLY_ERROR(r, 503, "unavailable", "the service is temporarily unavailable")
 
 #endif

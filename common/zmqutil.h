@@ -19,7 +19,8 @@
 int lk_zmq_prepare_endpoint(const char *endpoint) LK_WUR;
 
 /* Sets the options every latchkey socket has: ZMQ_LINGER 0, ZMQ_MAXMSGSIZE LK_MSG_MAX
- * (plus room for a routing id), bounded ZMQ_SNDHWM/ZMQ_RCVHWM. Returns 0 or -errno. */
+ * (the limit is per wire frame; routing ids are not frames on the wire), bounded
+ * ZMQ_SNDHWM/ZMQ_RCVHWM. Returns 0 or -errno. */
 int lk_zmq_set_defaults(void *sock) LK_WUR;
 
 /* Encodes m and sends it as one frame, preceded by a routing-id frame when id != NULL

@@ -76,7 +76,8 @@ static int s_create(lk_db_t *db, struct lk_msg_gw_signup_request *q,
         return 0;
     }
     if (rc != 0) {
-        LK_REPLY_ERROR(r, 400, "weak_password", reason ? reason : "password does not meet the policy");
+        LK_REPLY_ERROR(r, 400, "weak_password",
+                       reason ? reason : "password does not meet the policy");
         return 0;
     }
 

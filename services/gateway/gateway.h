@@ -1,0 +1,170 @@
+/* gateway.h: what the gateway's files share (not a public interface).
+ *
+ *   gateway.c  main, the epoll reactor, client connections, timers, signals, the cron
+ *   http.c     HTTP/1.1 parsing and response formatting (no sockets; fuzzable)
+ *   routes.c   the route table and its handlers, JSON in and out
+ *   broker.c   the ZeroMQ ROUTER: worker registry, LRU idle lists, job queues, heartbeats
+ *
+ * Single-threaded: every function here runs on the reactor's thread and must not block.
+ */
+#ifndef LK_GW_GATEWAY_H
+#define LK_GW_GATEWAY_H
+
+#include "http.h"
+
+#include "cache.h"
+#include "codec.h"
+#include "config.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum gw_role { GW_SIGNUP = 0, GW_SIGNIN, GW_NROLES };
+
+/* What a job is for: decides how its reply becomes an HTTP response. */
+enum gw_kind { GW_JOB_SIGNUP = 0, GW_JOB_SIGNIN, GW_JOB_SIGNOUT };
+
+struct gw_job;
+
+/* Connection states. */
+enum gw_conn_state {
+    C_FREE = 0, /* the slot is unused */
+    C_READ,     /* taking requests: reading, parsing, answering at once */
+    C_BUSY,     /* the current request waits for a worker (c->job) */
+    C_LINGER,   /* our answer is out and our side shut: draining the client's bytes */
+};
+
+/* One client connection (a slot of the gateway's fixed table). */
+struct gw_conn {
+    int state;             /* enum gw_conn_state */
+    int fd;
+    uint32_t events;       /* epoll interest currently registered */
+    int close_after;       /* close once the output is flushed */
+    int peer_eof;          /* the client shut its sending side */
+    int overflow;          /* over max_connections: a 503 slot */
+    int head_timer;        /* t_head is running */
+    int route;             /* routes.c's table index, -1 when none */
+    int pend_status;       /* error decided at the head, answered at the request */
+    const char *pend_code;
+    const char *pend_msg;
+    const char *pend_allow;
+    const char *route_name;
+    int method;            /* llhttp method of the request being answered, -1 if unknown */
+    char rid[HTTP_RID_MAX + 1];
+    int64_t t_head;        /* mono ms: first byte of the current request */
+    int64_t t_body;        /* mono ms: head received, body being read */
+    int64_t t_active;      /* mono ms: last byte in or out */
+    int64_t t_linger;      /* mono ms: end of the lingering close */
+    uint64_t t_req_us;     /* mono us: head received (access log duration) */
+    size_t linger_bytes;
+    struct gw_job *job;    /* the job answering the current request, or NULL */
+    struct gw_conn *next, *prev; /* active list, or free list (next only) */
+    struct http_conn http;
+};
+
+/* The process-wide state of the gateway. */
+struct gateway {
+    struct lk_config cfg;
+    lk_cache_t *cache;     /* NULL while the environment cannot be opened */
+    int draining;          /* SIGTERM received: finish in-flight requests, then exit */
+    int64_t now;           /* mono ms, refreshed on every loop turn */
+};
+
+extern struct gateway gw;
+
+/* One response header beyond those every response has. */
+struct gw_hdr {
+    const char *name;
+    const char *value;
+};
+
+/* ---- gateway.c ---- */
+
+/* Queues the response to c's current request: status line, X-Request-Id, Cache-Control,
+ * Connection, hdrs, then body (JSON when len > 0 or status >= 400, none for 204). Writes
+ * the access log line and marks the request answered. */
+void gw_reply(struct gw_conn *c, int status, const char *body, size_t len,
+              const struct gw_hdr *hdrs, size_t nhdrs);
+
+/* gw_reply with {"error": code, "message": msg}. */
+void gw_reply_error(struct gw_conn *c, int status, const char *code, const char *msg,
+                    const struct gw_hdr *hdrs, size_t nhdrs);
+
+/* Resumes a connection whose job was answered outside its event (a worker's reply, a
+ * timeout): flushes, then parses pipelined requests. c may be closed on return. */
+void gw_conn_resume(struct gw_conn *c);
+
+/* Monotonic microseconds. */
+uint64_t gw_mono_us(void);
+
+/* Writes a new generated request id (16 chars of [A-Za-z0-9_-]) into out. */
+void gw_rid_new(char out[HTTP_RID_MAX + 1]);
+
+/* ---- routes.c ---- */
+
+/* At HTTP_EV_HEAD: picks the route, sets the request id, decides errors and the body limit. */
+void routes_head(struct gw_conn *c);
+
+/* At HTTP_REQUEST: answers at once, or submits a job (the connection waits). */
+void routes_request(struct gw_conn *c);
+
+/* A worker answered c's job (reply is a MSG_SU_SIGNUP_REPLY, MSG_SI_SIGNIN_REPLY or
+ * MSG_SI_SIGNOUT_REPLY matching kind). email is the job's normalized email (signup). */
+void routes_job_reply(struct gw_conn *c, int kind, const char *email, const struct lk_msg *reply);
+
+/* c's job failed: 503 unavailable (no worker, worker died) or 504 timeout. */
+void routes_job_fail(struct gw_conn *c, int status);
+
+/* Sets up jansson (allocations wiped on free: request bodies hold passwords). */
+void routes_init(void);
+void routes_fini(void);
+
+/* A byte buffer for JSON output. fixed: p is caller-provided storage of cap bytes that
+ * never grows; otherwise p is heap memory grown as needed (gw_buf_free releases it).
+ * Any failure (no room, no memory) sets fail and later appends do nothing. */
+struct gw_buf {
+    char *p;
+    size_t len, cap;
+    int fixed;
+    int fail;
+};
+void gw_buf_raw(struct gw_buf *b, const char *s, size_t n);
+/* Appends s (n bytes) as a JSON string, quotes included: ", \ and control bytes escaped,
+ * valid UTF-8 kept, invalid bytes replaced by U+FFFD. */
+void gw_buf_str(struct gw_buf *b, const char *s, size_t n);
+void gw_buf_free(struct gw_buf *b);
+
+/* ---- broker.c ---- */
+
+/* Creates the ROUTER socket and binds cfg.gateway.backend. Returns its ZMQ_FD, or exits
+ * (a gateway that cannot bind its backend is useless: the supervisor restarts it). */
+int broker_init(void);
+
+/* Closes the socket and the context; answers nothing (call after the last client). */
+void broker_fini(void);
+
+/* Reads every message the ROUTER has (ZMQ_FD is edge-triggered). Returns 1 when it stopped
+ * at its per-call budget with more to read, else 0. */
+int broker_drain(void);
+
+/* Heartbeats, dead workers, job timeouts. */
+void broker_cron(void);
+
+/* Hands a copy of m (type and fields set; the job id is filled in here) to the least
+ * recently used idle worker of role for c, or queues it. email (may be NULL) is kept for
+ * the response. On success c->job is set and the connection waits for routes_job_reply or
+ * routes_job_fail. The broker wipes its copy once sent; the caller wipes m.
+ * Returns 0, or -EAGAIN when no worker of the role is connected or its queue is full. */
+int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const char *email);
+
+/* c is closing: its job, if any, forgets it (a reply is then discarded). */
+void broker_conn_gone(struct gw_conn *c);
+
+/* For /ready: connected workers per role, and whether Postgres answers (a worker's latest
+ * heartbeat said db_ok, or it said READY within three heartbeat intervals). */
+void broker_status(int counts[GW_NROLES], int *db_ok);
+
+/* Number of jobs not yet answered (drain waits for them). */
+size_t broker_jobs(void);
+
+#endif

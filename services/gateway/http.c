@@ -1,0 +1,802 @@
+/* http.c: HTTP/1.1 request parsing and response formatting for the gateway (see http.h).
+ *
+ * A request goes through these phases:
+ *   P_HEAD     bytes of a head are collected and checked by s_scan until the blank line;
+ *              then llhttp parses the whole head in one call and pauses in
+ *              on_headers_complete (HTTP_EV_HEAD is returned)
+ *   P_HEADDONE the caller decides (route, body limit) and calls http_body_begin
+ *   P_BODY     llhttp consumes body bytes as they come; on_message_complete pauses
+ *              (HTTP_EV_REQUEST is returned)
+ *   P_READY    the caller answers; its next http_next() resumes llhttp on the bytes that
+ *              follow, which start the next request (pipelining)
+ *   P_ERROR    terminal: the caller answers err_status and closes
+ */
+#include "http.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum { P_HEAD = 0, P_HEADDONE, P_BODY, P_READY, P_ERROR };
+
+/* s_scan states */
+enum {
+    S_START = 0, /* before the request line (empty lines allowed) */
+    S_LEAD_CR,   /* CR of an empty line before the request line */
+    S_METHOD,
+    S_TARGET,
+    S_VERSION,
+    S_RL_CR,
+    S_LINE,      /* start of a header line or of the final blank line */
+    S_NAME,
+    S_VALUE,
+    S_VAL_CR,
+    S_END_CR,
+};
+
+/* Header fields the gateway looks at; others are skipped. */
+enum { H_OTHER = 0, H_HOST, H_CTYPE, H_AUTH, H_EXPECT, H_RID, H_TE };
+
+#define IN_SLACK 4096        /* input room past max_header for body and pipelined bytes */
+#define BODY_WIRE_SLACK 16384 /* chunk framing allowed beyond the body limit */
+
+static int s_scan(struct http_conn *h);
+static void s_req_reset(struct http_conn *h);
+static enum http_ev s_fail(struct http_conn *h, int status, const char *code, const char *msg);
+static enum http_ev s_llhttp_fail(struct http_conn *h, llhttp_errno_t e);
+static int s_is_tchar(unsigned char c);
+static void s_trim(char *s, size_t *len);
+static int s_hdr_append(struct http_conn *h, const char *at, size_t n);
+static void s_path_finish(struct http_request *r, size_t url_len);
+static int s_out_reserve(struct http_conn *h, size_t n);
+
+static int s_on_url(llhttp_t *p, const char *at, size_t n);
+static int s_on_header_field(llhttp_t *p, const char *at, size_t n);
+static int s_on_header_field_complete(llhttp_t *p);
+static int s_on_header_value(llhttp_t *p, const char *at, size_t n);
+static int s_on_header_value_complete(llhttp_t *p);
+static int s_on_headers_complete(llhttp_t *p);
+static int s_on_body(llhttp_t *p, const char *at, size_t n);
+static int s_on_message_complete(llhttp_t *p);
+
+/* Per-head scratch kept out of struct http_conn's public part: one head is parsed at a
+ * time in the whole process (single-threaded, and llhttp sees a head in one call), so
+ * the state of the field being parsed can be file-global. */
+static struct {
+    int in_head;          /* header callbacks belong to the head (not trailers) */
+    int kind;             /* H_* of the current field */
+    char name[32];
+    size_t name_len;
+    int name_long;
+    char val[128];        /* value of small fields (Content-Type, Expect, ...) */
+    size_t val_len;
+    int val_long;
+    size_t url_len;
+    int host_count;
+    int te_bad;
+    int msg_done;
+} g_hd;
+
+static const llhttp_settings_t *s_settings(void)
+{
+    static llhttp_settings_t st;
+    static int init;
+    if (!init) {
+        llhttp_settings_init(&st);
+        st.on_url = s_on_url;
+        st.on_header_field = s_on_header_field;
+        st.on_header_field_complete = s_on_header_field_complete;
+        st.on_header_value = s_on_header_value;
+        st.on_header_value_complete = s_on_header_value_complete;
+        st.on_headers_complete = s_on_headers_complete;
+        st.on_body = s_on_body;
+        st.on_message_complete = s_on_message_complete;
+        init = 1;
+    }
+    return &st;
+}
+
+void http_conn_init(struct http_conn *h, const struct http_limits *lim)
+{
+    memset(h, 0, sizeof *h);
+    h->lim = *lim;
+    /* No lenient flag is ever set: request smuggling defenses stay on. */
+    llhttp_init(&h->parser, HTTP_REQUEST, s_settings());
+    h->parser.data = h;
+    h->phase = P_HEAD;
+}
+
+void http_conn_free(struct http_conn *h)
+{
+    if (h->body) {
+        explicit_bzero(h->body, h->body_cap);
+        free(h->body);
+    }
+    if (h->rbuf) {
+        /* the input may hold a password or a token not yet parsed */
+        explicit_bzero(h->rbuf, h->rcap);
+        free(h->rbuf);
+    }
+    free(h->out);
+    explicit_bzero(&h->req, sizeof h->req);
+    h->rbuf = h->body = h->out = NULL;
+    h->rcap = h->body_cap = h->out_cap = 0;
+}
+
+int http_rspace(struct http_conn *h, char **p, size_t *n)
+{
+    if (!h->rbuf) {
+        h->rcap = h->lim.max_header + IN_SLACK;
+        h->rbuf = malloc(h->rcap);
+        if (!h->rbuf) {
+            h->rcap = 0;
+            return -ENOMEM;
+        }
+    }
+    if (h->rpos > 0) {
+        /* Nothing points into rbuf between calls (head fields are copied), so the
+         * unparsed tail can move to the front. */
+        memmove(h->rbuf, h->rbuf + h->rpos, h->rlen - h->rpos);
+        h->rlen -= h->rpos;
+        h->rpos = 0;
+    }
+    *p = h->rbuf + h->rlen;
+    *n = h->rcap - h->rlen;
+    return 0;
+}
+
+void http_rcommit(struct http_conn *h, size_t n)
+{
+    h->rlen += n;
+}
+
+int http_idle(const struct http_conn *h)
+{
+    return h->phase == P_HEAD && h->rlen == h->rpos;
+}
+
+int http_in_head(const struct http_conn *h)
+{
+    return h->phase == P_HEAD && h->rlen > h->rpos;
+}
+
+int http_started(const struct http_conn *h)
+{
+    return h->phase == P_HEADDONE || h->phase == P_BODY;
+}
+
+int http_in_body(const struct http_conn *h, uint64_t *got)
+{
+    *got = h->body_wire;
+    return h->phase == P_BODY;
+}
+
+enum http_ev http_next(struct http_conn *h)
+{
+    llhttp_errno_t e;
+
+    switch (h->phase) {
+    case P_ERROR:
+        return HTTP_EV_ERROR;
+    case P_HEADDONE:
+        return HTTP_EV_HEAD; /* the caller has not called http_body_begin yet */
+    case P_READY:
+        llhttp_resume(&h->parser);
+        s_req_reset(h);
+        h->phase = P_HEAD;
+        /* fall through */
+    case P_HEAD: {
+        int r = s_scan(h);
+        if (r < 0)
+            return HTTP_EV_ERROR;
+        if (r == 0)
+            return HTTP_EV_MORE;
+        size_t head_len = h->scan_pos;
+        memset(&g_hd, 0, sizeof g_hd);
+        g_hd.in_head = 1;
+        h->parser.data = h;
+        e = llhttp_execute(&h->parser, h->rbuf + h->rpos, head_len);
+        g_hd.in_head = 0;
+        if (e != HPE_PAUSED)
+            return s_llhttp_fail(h, e);
+        /* s_scan and llhttp must agree on where the head ends. */
+        if (llhttp_get_error_pos(&h->parser) != h->rbuf + h->rpos + head_len)
+            return s_fail(h, 400, "invalid_request", "malformed request head");
+        s_path_finish(&h->req, g_hd.url_len);
+        h->rpos += head_len;
+        h->scan_pos = 0;
+        h->scan_state = S_START;
+        h->phase = P_HEADDONE;
+        return HTTP_EV_HEAD;
+    }
+    case P_BODY: {
+        const char *start = h->rbuf ? h->rbuf + h->rpos : "";
+        size_t avail = h->rlen - h->rpos;
+        g_hd.msg_done = 0;
+        h->parser.data = h;
+        e = llhttp_execute(&h->parser, start, avail);
+        if (e == HPE_OK) {
+            h->rpos = h->rlen;
+            h->body_wire += avail;
+            if (h->body_wire > 2 * (uint64_t)h->body_max + BODY_WIRE_SLACK)
+                return s_fail(h, 413, "payload_too_large", "request body too large");
+            return HTTP_EV_MORE;
+        }
+        if ((e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) && g_hd.msg_done) {
+            size_t used = (size_t)(llhttp_get_error_pos(&h->parser) - start);
+            h->rpos += used;
+            h->body_wire += used;
+            h->req.body = h->body_len ? h->body : "";
+            h->req.body_len = h->body_len;
+            h->req.keep_alive = llhttp_should_keep_alive(&h->parser) && !h->req.upgrade;
+            h->phase = P_READY;
+            return HTTP_EV_REQUEST;
+        }
+        if (h->phase == P_ERROR)
+            return HTTP_EV_ERROR; /* set by a callback (413) */
+        return s_llhttp_fail(h, e);
+    }
+    }
+    return s_fail(h, 400, "invalid_request", "malformed request");
+}
+
+enum http_ev http_body_begin(struct http_conn *h, size_t max)
+{
+    if (h->phase != P_HEADDONE)
+        return h->phase == P_ERROR ? HTTP_EV_ERROR : HTTP_EV_MORE;
+    h->body_max = max;
+    h->body_len = 0;
+    h->body_wire = 0;
+    if (!h->req.chunked && h->req.content_length > max)
+        return s_fail(h, 413, "payload_too_large", "request body too large");
+    /* 100 Continue only makes sense while the client holds the body back. */
+    if (h->req.expect_continue && h->req.has_body && h->req.minor == 1 && h->rlen == h->rpos)
+        http_out_raw(h, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    llhttp_resume(&h->parser);
+    h->phase = P_BODY;
+    return HTTP_EV_MORE;
+}
+
+/* Checks the head byte by byte as it arrives; llhttp (loose mode) does not reject all of
+ * these. Returns 1 when the blank line ending the head is seen (scan_pos = head length),
+ * 0 when more bytes are needed, -1 on error (h->err_* set). */
+static int s_scan(struct http_conn *h)
+{
+    const unsigned char *b = (const unsigned char *)h->rbuf + h->rpos;
+    size_t n = h->rlen - h->rpos;
+    size_t i = h->scan_pos;
+    int st = h->scan_state;
+
+    for (; i < n; i++) {
+        unsigned char c = b[i];
+        switch (st) {
+        case S_START:
+            if (c == '\r')
+                st = S_LEAD_CR;
+            else if (s_is_tchar(c))
+                st = S_METHOD;
+            else
+                goto bad;
+            break;
+        case S_LEAD_CR:
+            if (c != '\n')
+                goto bad;
+            st = S_START;
+            break;
+        case S_METHOD:
+            if (c == ' ') {
+                st = S_TARGET;
+                h->target_len = 0;
+            } else if (!s_is_tchar(c)) {
+                goto bad;
+            }
+            break;
+        case S_TARGET:
+            if (c == ' ') {
+                if (h->target_len == 0)
+                    goto bad;
+                st = S_VERSION;
+            } else if (c <= 0x20 || c >= 0x7f) {
+                goto bad; /* CTL, bare CR/LF, tab, non-ASCII: not a valid target */
+            } else if (++h->target_len > h->lim.max_uri) {
+                s_fail(h, 414, "uri_too_long", "request target too long");
+                return -1;
+            }
+            break;
+        case S_VERSION:
+            if (c == '\r')
+                st = S_RL_CR;
+            else if (c <= 0x20 || c >= 0x7f)
+                goto bad;
+            break;
+        case S_RL_CR:
+        case S_VAL_CR:
+            if (c != '\n')
+                goto bad; /* bare CR */
+            st = S_LINE;
+            break;
+        case S_LINE:
+            if (c == '\r')
+                st = S_END_CR;
+            else if (s_is_tchar(c))
+                st = S_NAME;
+            else
+                goto bad; /* obs-fold (SP/HT), empty name, control bytes */
+            break;
+        case S_NAME:
+            if (c == ':')
+                st = S_VALUE;
+            else if (!s_is_tchar(c))
+                goto bad; /* white space before the colon, control bytes */
+            break;
+        case S_VALUE:
+            if (c == '\r')
+                st = S_VAL_CR;
+            else if ((c < 0x20 && c != '\t') || c == 0x7f)
+                goto bad; /* NUL, bare LF, other controls */
+            break;
+        case S_END_CR:
+            if (c != '\n')
+                goto bad;
+            h->scan_pos = i + 1;
+            h->scan_state = st;
+            if (h->scan_pos > h->lim.max_header) {
+                s_fail(h, 431, "headers_too_large", "request headers too large");
+                return -1;
+            }
+            return 1;
+        }
+        if (i + 1 > h->lim.max_header) {
+            s_fail(h, 431, "headers_too_large", "request headers too large");
+            return -1;
+        }
+    }
+    h->scan_pos = i;
+    h->scan_state = st;
+    return 0;
+bad:
+    s_fail(h, 400, "invalid_request", "malformed request head");
+    return -1;
+}
+
+static void s_req_reset(struct http_conn *h)
+{
+    /* The Authorization copy and the body may hold a token or a password. */
+    explicit_bzero(h->req.auth, sizeof h->req.auth);
+    if (h->body && h->body_len)
+        explicit_bzero(h->body, h->body_len);
+    memset(&h->req, 0, sizeof h->req);
+    h->body_len = 0;
+    h->body_max = 0;
+    h->body_wire = 0;
+}
+
+static enum http_ev s_fail(struct http_conn *h, int status, const char *code, const char *msg)
+{
+    h->phase = P_ERROR;
+    h->err_status = status;
+    h->err_code = code;
+    h->err_msg = msg;
+    return HTTP_EV_ERROR;
+}
+
+static enum http_ev s_llhttp_fail(struct http_conn *h, llhttp_errno_t e)
+{
+    if (h->phase == P_ERROR)
+        return HTTP_EV_ERROR; /* a callback already chose the answer */
+    switch (e) {
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        return s_fail(h, 400, "invalid_request", "conflicting Content-Length or Transfer-Encoding");
+    case HPE_INVALID_CONTENT_LENGTH:
+        return s_fail(h, 400, "invalid_request", "invalid Content-Length");
+    case HPE_INVALID_TRANSFER_ENCODING:
+        return s_fail(h, 400, "invalid_request", "unsupported Transfer-Encoding");
+    case HPE_INVALID_CHUNK_SIZE:
+    case HPE_STRICT:
+        return s_fail(h, 400, "invalid_request", "invalid chunked encoding");
+    case HPE_INVALID_METHOD:
+        return s_fail(h, 400, "invalid_request", "invalid method");
+    case HPE_INVALID_VERSION:
+        return s_fail(h, 400, "invalid_request", "unsupported HTTP version");
+    case HPE_USER:
+        return s_fail(h, 400, "invalid_request", llhttp_get_error_reason(&h->parser));
+    default:
+        return s_fail(h, 400, "invalid_request", "malformed request");
+    }
+}
+
+/* RFC 9110 tchar */
+static int s_is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static void s_trim(char *s, size_t *len)
+{
+    size_t a = 0, n = *len;
+    while (a < n && (s[a] == ' ' || s[a] == '\t'))
+        a++;
+    while (n > a && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        n--;
+    if (a)
+        memmove(s, s + a, n - a);
+    *len = n - a;
+    s[*len] = '\0';
+}
+
+/* Strips an absolute-form prefix and the query, and flags paths too long to route. */
+static void s_path_finish(struct http_request *r, size_t url_len)
+{
+    char *p = r->path;
+    size_t n = r->path_len;
+    if (n > 7 && (strncasecmp(p, "http://", 7) == 0 || strncasecmp(p, "https://", 8) == 0)) {
+        char *auth = strstr(p, "//") + 2;
+        char *slash = memchr(auth, '/', n - (size_t)(auth - p));
+        if (!slash) {
+            r->path_len = 0;
+            r->path[0] = '\0';
+            r->path_long = url_len > HTTP_PATH_MAX;
+            return;
+        }
+        n -= (size_t)(slash - p);
+        memmove(p, slash, n);
+    }
+    char *q = memchr(p, '?', n);
+    char *f = memchr(p, '#', n);
+    if (f && (!q || f < q))
+        q = f;
+    if (q) {
+        n = (size_t)(q - p);
+    } else if (url_len > HTTP_PATH_MAX) {
+        r->path_long = 1;
+    }
+    p[n] = '\0';
+    r->path_len = n;
+}
+
+static int s_on_url(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_conn *h = p->data;
+    struct http_request *r = &h->req;
+    size_t room = HTTP_PATH_MAX - r->path_len;
+    size_t k = n < room ? n : room;
+    memcpy(r->path + r->path_len, at, k);
+    r->path_len += k;
+    r->path[r->path_len] = '\0';
+    g_hd.url_len += n;
+    return 0;
+}
+
+static int s_on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    (void)p;
+    if (!g_hd.in_head)
+        return 0; /* trailer fields are ignored */
+    if (g_hd.name_len + n >= sizeof g_hd.name) {
+        g_hd.name_long = 1;
+        return 0;
+    }
+    memcpy(g_hd.name + g_hd.name_len, at, n);
+    g_hd.name_len += n;
+    return 0;
+}
+
+static int s_on_header_field_complete(llhttp_t *p)
+{
+    (void)p;
+    if (!g_hd.in_head)
+        return 0;
+    static const struct {
+        const char *name;
+        int kind;
+    } known[] = {
+        {"host", H_HOST},           {"content-type", H_CTYPE}, {"authorization", H_AUTH},
+        {"expect", H_EXPECT},       {"x-request-id", H_RID},   {"transfer-encoding", H_TE},
+    };
+    g_hd.kind = H_OTHER;
+    g_hd.val_len = 0;
+    g_hd.val_long = 0;
+    if (!g_hd.name_long) {
+        g_hd.name[g_hd.name_len] = '\0';
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+            if (strcasecmp(g_hd.name, known[i].name) == 0)
+                g_hd.kind = known[i].kind;
+    }
+    g_hd.name_len = 0;
+    g_hd.name_long = 0;
+    return 0;
+}
+
+/* Appends to the current value's buffer: Authorization into req.auth, small fields into
+ * g_hd.val. Returns 0 (overflow only sets a flag). */
+static int s_hdr_append(struct http_conn *h, const char *at, size_t n)
+{
+    char *buf;
+    size_t cap, *len;
+    int *lng;
+    if (g_hd.kind == H_AUTH) {
+        buf = h->req.auth;
+        cap = sizeof h->req.auth;
+        len = &h->req.auth_len;
+        lng = &h->req.auth_long;
+    } else {
+        buf = g_hd.val;
+        cap = sizeof g_hd.val;
+        len = &g_hd.val_len;
+        lng = &g_hd.val_long;
+    }
+    if (*len + n >= cap) {
+        *lng = 1;
+        return 0;
+    }
+    memcpy(buf + *len, at, n);
+    *len += n;
+    return 0;
+}
+
+static int s_on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_conn *h = p->data;
+    if (!g_hd.in_head || g_hd.kind == H_OTHER || g_hd.kind == H_HOST)
+        return 0;
+    if (g_hd.kind == H_AUTH && h->req.has_auth)
+        return 0; /* a second Authorization: flagged at completion */
+    return s_hdr_append(h, at, n);
+}
+
+static int s_on_header_value_complete(llhttp_t *p)
+{
+    struct http_conn *h = p->data;
+    struct http_request *r = &h->req;
+    if (!g_hd.in_head)
+        return 0;
+    char *v = g_hd.val;
+    size_t n = g_hd.val_len;
+    v[n] = '\0';
+    switch (g_hd.kind) {
+    case H_HOST:
+        g_hd.host_count++;
+        r->has_host = 1;
+        break;
+    case H_CTYPE: {
+        s_trim(v, &n);
+        /* media type, then optional ";params": application/json in any case */
+        size_t t = strcspn(v, "; \t");
+        int json = !g_hd.val_long && t == 16 && strncasecmp(v, "application/json", 16) == 0;
+        if (r->ctype != HTTP_CT_NONE)
+            json = 0; /* two Content-Type fields: not one JSON body */
+        if (json) {
+            size_t k = t;
+            while (v[k] == ' ' || v[k] == '\t')
+                k++;
+            if (v[k] != '\0' && v[k] != ';')
+                json = 0;
+        }
+        r->ctype = json ? HTTP_CT_JSON : HTTP_CT_OTHER;
+        break;
+    }
+    case H_AUTH:
+        if (r->has_auth) {
+            r->auth_long = 1; /* two Authorization fields: malformed */
+            break;
+        }
+        r->has_auth = 1;
+        r->auth[r->auth_len < HTTP_AUTH_MAX ? r->auth_len : HTTP_AUTH_MAX] = '\0';
+        s_trim(r->auth, &r->auth_len);
+        break;
+    case H_EXPECT:
+        s_trim(v, &n);
+        if (!g_hd.val_long && strcasecmp(v, "100-continue") == 0)
+            r->expect_continue = 1;
+        break;
+    case H_RID: {
+        s_trim(v, &n);
+        int ok = !g_hd.val_long && n >= 1 && n <= HTTP_RID_MAX && !r->has_rid;
+        for (size_t i = 0; ok && i < n; i++) {
+            unsigned char c = (unsigned char)v[i];
+            ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == '-';
+        }
+        if (ok) {
+            memcpy(r->rid, v, n);
+            r->rid[n] = '\0';
+            r->has_rid = 1;
+        }
+        break;
+    }
+    case H_TE:
+        /* Only "chunked" alone is supported: any other coding we could not decode, and
+         * a list is where smuggling tricks live. */
+        s_trim(v, &n);
+        if (g_hd.val_long || strcasecmp(v, "chunked") != 0)
+            g_hd.te_bad = 1;
+        break;
+    }
+    g_hd.kind = H_OTHER;
+    g_hd.val_len = 0;
+    g_hd.val_long = 0;
+    return 0;
+}
+
+static int s_on_headers_complete(llhttp_t *p)
+{
+    struct http_conn *h = p->data;
+    struct http_request *r = &h->req;
+    r->method = p->method;
+    r->minor = p->http_minor;
+    if (p->http_major != 1 || p->http_minor > 1) {
+        llhttp_set_error_reason(p, "unsupported HTTP version");
+        return HPE_USER;
+    }
+    if (g_hd.host_count > 1 || (p->http_minor == 1 && g_hd.host_count == 0)) {
+        llhttp_set_error_reason(p, "exactly one Host header is required");
+        return HPE_USER;
+    }
+    if (g_hd.te_bad || ((p->flags & F_TRANSFER_ENCODING) && p->http_minor == 0)) {
+        llhttp_set_error_reason(p, "unsupported Transfer-Encoding");
+        return HPE_USER;
+    }
+    r->chunked = (p->flags & F_CHUNKED) != 0;
+    r->content_length = (p->flags & F_CONTENT_LENGTH) ? p->content_length : 0;
+    r->has_body = r->chunked || r->content_length > 0;
+    r->upgrade = p->method == HTTP_CONNECT || (p->flags & F_UPGRADE) != 0;
+    return HPE_PAUSED;
+}
+
+static int s_on_body(llhttp_t *p, const char *at, size_t n)
+{
+    struct http_conn *h = p->data;
+    if (h->body_len + n > h->body_max) {
+        s_fail(h, 413, "payload_too_large", "request body too large");
+        return HPE_USER;
+    }
+    if (h->body_len + n > h->body_cap) {
+        size_t cap = h->body_cap ? h->body_cap : 1024;
+        while (cap < h->body_len + n)
+            cap *= 2;
+        if (cap > h->body_max)
+            cap = h->body_max;
+        /* Not realloc: the old copy may hold a password and must be wiped. */
+        char *nb = malloc(cap);
+        if (!nb) {
+            s_fail(h, 503, "unavailable", "out of memory");
+            return HPE_USER;
+        }
+        if (h->body) {
+            memcpy(nb, h->body, h->body_len);
+            explicit_bzero(h->body, h->body_cap);
+            free(h->body);
+        }
+        h->body = nb;
+        h->body_cap = cap;
+    }
+    memcpy(h->body + h->body_len, at, n);
+    h->body_len += n;
+    return 0;
+}
+
+static int s_on_message_complete(llhttp_t *p)
+{
+    (void)p;
+    g_hd.msg_done = 1;
+    return HPE_PAUSED;
+}
+
+/* ---- output ---- */
+
+static int s_out_reserve(struct http_conn *h, size_t n)
+{
+    if (h->out_fail)
+        return -1;
+    if (h->out_off == h->out_len)
+        h->out_off = h->out_len = 0;
+    if (h->out_len + n <= h->out_cap)
+        return 0;
+    if (h->out_off > 0) {
+        memmove(h->out, h->out + h->out_off, h->out_len - h->out_off);
+        h->out_len -= h->out_off;
+        h->out_off = 0;
+        if (h->out_len + n <= h->out_cap)
+            return 0;
+    }
+    size_t need = h->out_len + n;
+    if (need > HTTP_OUT_MAX) {
+        h->out_fail = 1;
+        return -1;
+    }
+    size_t cap = h->out_cap ? h->out_cap : 1024;
+    while (cap < need)
+        cap *= 2;
+    char *nb = realloc(h->out, cap);
+    if (!nb) {
+        h->out_fail = 1;
+        return -1;
+    }
+    h->out = nb;
+    h->out_cap = cap;
+    return 0;
+}
+
+void http_out_raw(struct http_conn *h, const char *p, size_t n)
+{
+    if (s_out_reserve(h, n) < 0)
+        return;
+    memcpy(h->out + h->out_len, p, n);
+    h->out_len += n;
+}
+
+void http_out_status(struct http_conn *h, int status)
+{
+    char line[64];
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
+    http_out_raw(h, line, (size_t)n);
+}
+
+void http_out_header(struct http_conn *h, const char *name, const char *value)
+{
+    size_t a = strlen(name), b = strlen(value);
+    if (s_out_reserve(h, a + b + 4) < 0)
+        return;
+    char *o = h->out + h->out_len;
+    memcpy(o, name, a);
+    o[a] = ':';
+    o[a + 1] = ' ';
+    memcpy(o + a + 2, value, b);
+    o[a + 2 + b] = '\r';
+    o[a + 3 + b] = '\n';
+    h->out_len += a + b + 4;
+}
+
+void http_out_body(struct http_conn *h, int status, const char *ctype, const char *body,
+                   size_t len)
+{
+    char cl[32];
+    if (status != 204 && status >= 200) {
+        if (ctype)
+            http_out_header(h, "Content-Type", ctype);
+        snprintf(cl, sizeof cl, "%zu", len);
+        http_out_header(h, "Content-Length", cl);
+    }
+    http_out_raw(h, "\r\n", 2);
+    /* A HEAD response announces the length of what GET would send, without the bytes. */
+    if (len && status != 204 && h->req.method != HTTP_HEAD)
+        http_out_raw(h, body, len);
+}
+
+void http_out_consumed(struct http_conn *h, size_t n)
+{
+    h->out_off += n;
+    if (h->out_off >= h->out_len)
+        h->out_off = h->out_len = 0;
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}

@@ -1,0 +1,660 @@
+/* routes.c: the gateway's HTTP routes (api.md) and their handlers.
+ *
+ * A request reaches routes_head when its head is parsed: the route, method and media type
+ * are decided there, before any body byte is read, so that a request that will be refused
+ * never makes us buffer its body. routes_request runs the handler once the body is in.
+ * Handlers either answer at once (health, ready, validate: inside the gateway) or hand a
+ * job to the broker (signup, signin, signout) and answer in routes_job_reply.
+ */
+#include "gateway.h"
+
+#include "check.h"
+#include "crypto.h"
+#include "errors.h"
+#include "log.h"
+#include "util.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum { BODY_NONE = 0, BODY_JSON, BODY_BATCH };
+
+#define M(m) (UINT64_C(1) << (m))
+#define BATCH_MAX 1000 /* tokens in one validate/batch request */
+
+struct route {
+    const char *path;
+    uint64_t methods;  /* M(HTTP_*) */
+    const char *allow; /* the Allow header of a 405 */
+    int body;          /* BODY_JSON/BATCH: application/json required, body limit */
+    void (*handler)(struct gw_conn *c);
+};
+
+static void s_health(struct gw_conn *c);
+static void s_ready(struct gw_conn *c);
+static void s_signup(struct gw_conn *c);
+static void s_signin(struct gw_conn *c);
+static void s_validate(struct gw_conn *c);
+static void s_validate_batch(struct gw_conn *c);
+static void s_signout(struct gw_conn *c);
+
+static void s_reply_pending(struct gw_conn *c);
+static void s_reply_unavailable(struct gw_conn *c, const char *msg);
+static void s_reply_bad(struct gw_conn *c, const char *msg);
+static void s_reply_bad_credentials(struct gw_conn *c);
+static void s_reply_token(struct gw_conn *c, int missing);
+static void s_reply_worker_error(struct gw_conn *c, uint32_t status, const char *error,
+                                 const char *message, uint32_t retry_after);
+static int s_bearer_hash(struct gw_conn *c, uint8_t hash[LK_TOKEN_HASH_LEN]);
+static int s_credentials(struct gw_conn *c, json_t **root, json_t **email, json_t **password);
+static void s_session_json(struct gw_buf *b, const struct lk_session *s);
+static void s_json_free(void *p);
+static size_t s_utf8_len(const unsigned char *s, size_t n);
+
+static const struct route routes[] = {
+    {"/health", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, s_health},
+    {"/ready", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, s_ready},
+    {"/api/auth/signup", M(HTTP_POST), "POST", BODY_JSON, s_signup},
+    {"/api/auth/signin", M(HTTP_POST), "POST", BODY_JSON, s_signin},
+    {"/api/auth/validate", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, s_validate},
+    {"/api/auth/validate/batch", M(HTTP_POST), "POST", BODY_BATCH, s_validate_batch},
+    {"/api/auth/signout", M(HTTP_POST), "POST", BODY_NONE, s_signout},
+};
+#define NROUTES (sizeof routes / sizeof routes[0])
+
+static const char *const s_role_names[GW_NROLES] = {"signup", "signin"};
+static struct gw_buf s_big; /* reused for large answers (validate/batch) */
+
+void routes_init(void)
+{
+    json_set_alloc_funcs(malloc, s_json_free);
+}
+
+void routes_fini(void)
+{
+    gw_buf_free(&s_big);
+}
+
+/* jansson's copies of a parsed body (strings, parser buffers) may hold a password: wipe
+ * every block it frees. */
+static void s_json_free(void *p)
+{
+    if (p) {
+        explicit_bzero(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+
+void routes_head(struct gw_conn *c)
+{
+    struct http_request *r = &c->http.req;
+    const struct route *rt = NULL;
+    size_t max = gw.cfg.gateway.max_body;
+
+    c->method = r->method;
+    if (r->has_rid)
+        memcpy(c->rid, r->rid, sizeof c->rid);
+    else
+        gw_rid_new(c->rid);
+    c->pend_status = 0;
+    for (size_t i = 0; !r->path_long && i < NROUTES; i++)
+        if (strcmp(r->path, routes[i].path) == 0) {
+            rt = &routes[i];
+            c->route = (int)i;
+            c->route_name = rt->path;
+            break;
+        }
+    if (!rt) {
+        c->pend_status = 404;
+        c->pend_code = "not_found";
+        c->pend_msg = "no such resource";
+    } else if (!(rt->methods & M(r->method))) {
+        c->pend_status = 405;
+        c->pend_code = "method_not_allowed";
+        c->pend_msg = "method not allowed";
+        c->pend_allow = rt->allow;
+    } else if (rt->body != BODY_NONE && r->ctype != HTTP_CT_JSON) {
+        c->pend_status = 415;
+        c->pend_code = "unsupported_media_type";
+        c->pend_msg = "Content-Type must be application/json";
+    }
+    if (rt && rt->body == BODY_BATCH)
+        max = gw.cfg.gateway.max_batch_body;
+    if (r->upgrade)
+        c->close_after = 1; /* no protocol switch here: answer, then close */
+    if (c->pend_status && r->has_body &&
+        (r->expect_continue || r->chunked || r->content_length > max)) {
+        /* Refused anyway: answer without reading a body that may be large or held back
+         * for a 100 Continue that will not come, and close. */
+        c->close_after = 1;
+        s_reply_pending(c);
+        return;
+    }
+    (void)http_body_begin(&c->http, max); /* a 413 comes back from the next http_next */
+}
+
+void routes_request(struct gw_conn *c)
+{
+    if (c->pend_status || c->route < 0)
+        s_reply_pending(c);
+    else
+        routes[c->route].handler(c);
+}
+
+static void s_reply_pending(struct gw_conn *c)
+{
+    struct gw_hdr allow = {"Allow", c->pend_allow};
+    if (!c->pend_status) {
+        c->pend_status = 404;
+        c->pend_code = "not_found";
+        c->pend_msg = "no such resource";
+    }
+    gw_reply_error(c, c->pend_status, c->pend_code, c->pend_msg, &allow,
+                   c->pend_status == 405 ? 1 : 0);
+}
+
+static void s_reply_unavailable(struct gw_conn *c, const char *msg)
+{
+    struct gw_hdr h = {"Retry-After", "1"};
+    gw_reply_error(c, 503, "unavailable", msg, &h, 1);
+}
+
+static void s_reply_bad(struct gw_conn *c, const char *msg)
+{
+    gw_reply_error(c, 400, "invalid_request", msg, NULL, 0);
+}
+
+static void s_reply_bad_credentials(struct gw_conn *c)
+{
+    gw_reply_error(c, 401, "invalid_credentials", "invalid email or password", NULL, 0);
+}
+
+static void s_reply_token(struct gw_conn *c, int missing)
+{
+    struct gw_hdr h = {"WWW-Authenticate", missing ? "Bearer" : "Bearer error=\"invalid_token\""};
+    gw_reply_error(c, 401, "invalid_token", missing ? "missing bearer token" : "invalid or expired token",
+                   &h, 1);
+}
+
+/* ---- handlers answered inside the gateway ---- */
+
+static void s_health(struct gw_conn *c)
+{
+    static const char body[] = "{\"status\":\"ok\"}";
+    gw_reply(c, 200, body, sizeof body - 1, NULL, 0);
+}
+
+static void s_ready(struct gw_conn *c)
+{
+    int counts[GW_NROLES], db_ok;
+    char body[256];
+    struct gw_buf b = {.p = body, .cap = sizeof body, .fixed = 1};
+    const char *missing[4];
+    size_t nmissing = 0;
+
+    broker_status(counts, &db_ok);
+    for (int i = 0; i < GW_NROLES; i++)
+        if (counts[i] == 0)
+            missing[nmissing++] = s_role_names[i];
+    if (!gw.cache)
+        missing[nmissing++] = "cache";
+    if (!db_ok)
+        missing[nmissing++] = "postgres";
+
+    if (nmissing == 0) {
+        gw_buf_raw(&b, "{\"status\":\"ready\"", 17);
+    } else {
+        gw_buf_raw(&b, "{\"status\":\"not_ready\",\"missing\":[", 33);
+        for (size_t i = 0; i < nmissing; i++) {
+            if (i)
+                gw_buf_raw(&b, ",", 1);
+            gw_buf_str(&b, missing[i], strlen(missing[i]));
+        }
+        gw_buf_raw(&b, "]", 1);
+    }
+    char w[96];
+    int n = snprintf(w, sizeof w, ",\"workers\":{\"signup\":%d,\"signin\":%d}}", counts[GW_SIGNUP],
+                     counts[GW_SIGNIN]);
+    gw_buf_raw(&b, w, (size_t)n);
+    gw_reply(c, nmissing ? 503 : 200, b.p, b.len, NULL, 0);
+}
+
+/* The hot path: a token hash and one read-only LMDB lookup, no allocation. */
+static void s_validate(struct gw_conn *c)
+{
+    uint8_t hash[LK_TOKEN_HASH_LEN];
+    struct lk_session s;
+    char body[1024];
+    struct gw_buf b = {.p = body, .cap = sizeof body, .fixed = 1};
+
+    if (s_bearer_hash(c, hash) != 0)
+        return;
+    if (!gw.cache) {
+        s_reply_unavailable(c, "session cache unavailable");
+        return;
+    }
+    int rc = lk_cache_session_get(gw.cache, hash, lk_now_ms(), &s);
+    if (rc == LK_ENOTFOUND) {
+        s_reply_token(c, 0);
+        return;
+    }
+    if (rc != 0) {
+        lk_log(LK_LOG_WARN, c->rid, "session cache read failed: %s", lk_strerror(rc));
+        s_reply_unavailable(c, "session cache unavailable");
+        return;
+    }
+    s_session_json(&b, &s);
+    gw_buf_raw(&b, "}", 1);
+    if (b.fail) {
+        s_reply_unavailable(c, "session cache unavailable");
+        return;
+    }
+    gw_reply(c, 200, b.p, b.len, NULL, 0);
+}
+
+/* Writes {"userId":..,"email":..,"expiresAt":.. without the closing brace. */
+static void s_session_json(struct gw_buf *b, const struct lk_session *s)
+{
+    char uuid[37], ts[32];
+    lk_uuid_format(s->user_id, uuid);
+    lk_time_format_s(s->expires_ms, ts, sizeof ts);
+    gw_buf_raw(b, "{\"userId\":\"", 11);
+    gw_buf_raw(b, uuid, 36);
+    gw_buf_raw(b, "\",\"email\":", 10);
+    gw_buf_str(b, s->email, strnlen(s->email, sizeof s->email));
+    gw_buf_raw(b, ",\"expiresAt\":\"", 14);
+    gw_buf_raw(b, ts, strlen(ts));
+    gw_buf_raw(b, "\"", 1);
+}
+
+static void s_validate_batch(struct gw_conn *c)
+{
+    struct http_request *r = &c->http.req;
+    json_error_t jerr;
+    json_t *root = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *tokens = root && json_is_object(root) ? json_object_get(root, "tokens") : NULL;
+    size_t n = json_is_array(tokens) ? json_array_size(tokens) : 0;
+
+    if (!tokens || !json_is_array(tokens) || n < 1 || n > BATCH_MAX) {
+        json_decref(root);
+        s_reply_bad(c, "body must be {\"tokens\": [...]} with 1 to 1000 tokens");
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!json_is_string(json_array_get(tokens, i))) {
+            json_decref(root);
+            s_reply_bad(c, "every token must be a string");
+            return;
+        }
+    if (!gw.cache) {
+        json_decref(root);
+        s_reply_unavailable(c, "session cache unavailable");
+        return;
+    }
+    int64_t now = lk_now_ms();
+    s_big.len = 0;
+    s_big.fail = 0;
+    gw_buf_raw(&s_big, "{\"results\":[", 12);
+    for (size_t i = 0; i < n; i++) {
+        json_t *t = json_array_get(tokens, i);
+        uint8_t hash[LK_TOKEN_HASH_LEN];
+        struct lk_session s;
+        int rc = lk_token_hash(json_string_value(t), json_string_length(t), hash);
+        if (rc == 0)
+            rc = lk_cache_session_get(gw.cache, hash, now, &s);
+        if (i)
+            gw_buf_raw(&s_big, ",", 1);
+        if (rc == 0) {
+            s_session_json(&s_big, &s);
+            gw_buf_raw(&s_big, ",\"valid\":true}", 14);
+        } else if (rc == LK_EMALFORMED || rc == LK_ENOTFOUND) {
+            gw_buf_raw(&s_big, "{\"valid\":false}", 15);
+        } else {
+            json_decref(root);
+            lk_log(LK_LOG_WARN, c->rid, "session cache read failed: %s", lk_strerror(rc));
+            s_reply_unavailable(c, "session cache unavailable");
+            return;
+        }
+    }
+    json_decref(root);
+    gw_buf_raw(&s_big, "]}", 2);
+    if (s_big.fail) {
+        s_reply_unavailable(c, "out of memory");
+        return;
+    }
+    gw_reply(c, 200, s_big.p, s_big.len, NULL, 0);
+}
+
+/* Authorization: Bearer <token> (scheme in any case, one or more blanks). Answers 401 and
+ * returns -1 when the header is missing or the token malformed. */
+static int s_bearer_hash(struct gw_conn *c, uint8_t hash[LK_TOKEN_HASH_LEN])
+{
+    struct http_request *r = &c->http.req;
+    if (!r->has_auth) {
+        s_reply_token(c, 1);
+        return -1;
+    }
+    const char *a = r->auth;
+    size_t n = r->auth_len, i = 6;
+    if (r->auth_long || n < 8 || strncasecmp(a, "bearer", 6) != 0 || (a[6] != ' ' && a[6] != '\t')) {
+        s_reply_token(c, 0);
+        return -1;
+    }
+    while (i < n && (a[i] == ' ' || a[i] == '\t'))
+        i++;
+    if (lk_token_hash(a + i, n - i, hash) != 0) {
+        s_reply_token(c, 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- handlers answered by a worker ---- */
+
+/* Parses {"email": string, "password": string, ...}. Answers 400 and returns -1 on
+ * anything else. On success the caller owns *root (json_decref). */
+static int s_credentials(struct gw_conn *c, json_t **root, json_t **email, json_t **password)
+{
+    struct http_request *r = &c->http.req;
+    json_error_t jerr;
+    /* jansson rejects invalid UTF-8, and \u0000 without JSON_ALLOW_NUL */
+    *root = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!*root || !json_is_object(*root)) {
+        json_decref(*root);
+        s_reply_bad(c, "body must be a JSON object");
+        return -1;
+    }
+    *email = json_object_get(*root, "email");
+    *password = json_object_get(*root, "password");
+    if (!json_is_string(*email) || !json_is_string(*password)) {
+        json_decref(*root);
+        s_reply_bad(c, "email and password must be strings");
+        return -1;
+    }
+    return 0;
+}
+
+static size_t s_pw_max(void)
+{
+    size_t max = gw.cfg.password.max_bytes;
+    size_t cap = sizeof(((struct lk_msg_gw_signup_request *)0)->password) - 1;
+    return max < cap ? max : cap;
+}
+
+static void s_signup(struct gw_conn *c)
+{
+    json_t *root, *je, *jp;
+    char email[LK_EMAIL_MAX + 1];
+    const char *reason = NULL;
+    struct lk_msg m;
+
+    if (s_credentials(c, &root, &je, &jp) != 0)
+        return;
+    const char *pw = json_string_value(jp);
+    size_t pwlen = json_string_length(jp);
+    if (lk_email_normalize(json_string_value(je), json_string_length(je), email) != 0) {
+        json_decref(root);
+        gw_reply_error(c, 400, "invalid_email", "invalid email address", NULL, 0);
+        return;
+    }
+    int rc = lk_password_check(pw, pwlen, (size_t)gw.cfg.password.min_length, s_pw_max(), &reason);
+    if (rc != 0) {
+        json_decref(root);
+        if (rc == LK_EMALFORMED)
+            s_reply_bad(c, "password must be valid UTF-8");
+        else
+            gw_reply_error(c, 400, "weak_password", reason ? reason : "password rejected", NULL, 0);
+        return;
+    }
+    memset(&m, 0, sizeof m);
+    m.type = MSG_GW_SIGNUP_REQUEST;
+    struct lk_msg_gw_signup_request *q = &m.u.gw_signup_request;
+    memcpy(q->rid, c->rid, sizeof q->rid);
+    q->deadline_ms = lk_now_ms() + gw.cfg.gateway.route_timeout_ms;
+    memcpy(q->email, email, sizeof q->email);
+    memcpy(q->password, pw, pwlen);
+    json_decref(root);
+    if (broker_submit(c, GW_SIGNUP, GW_JOB_SIGNUP, &m, email) != 0)
+        s_reply_unavailable(c, "no signup worker available");
+    lk_wipe(&m, sizeof m);
+}
+
+static void s_signin(struct gw_conn *c)
+{
+    json_t *root, *je, *jp;
+    char email[LK_EMAIL_MAX + 1];
+    struct lk_msg m;
+
+    if (s_credentials(c, &root, &je, &jp) != 0)
+        return;
+    const char *pw = json_string_value(jp);
+    size_t pwlen = json_string_length(jp);
+    /* Rejected here without a hop, with the very answer a wrong password gets: these can
+     * never match a stored account. */
+    if (lk_email_normalize(json_string_value(je), json_string_length(je), email) != 0 ||
+        pwlen == 0 || pwlen > s_pw_max()) {
+        json_decref(root);
+        s_reply_bad_credentials(c);
+        return;
+    }
+    memset(&m, 0, sizeof m);
+    m.type = MSG_GW_SIGNIN_REQUEST;
+    struct lk_msg_gw_signin_request *q = &m.u.gw_signin_request;
+    memcpy(q->rid, c->rid, sizeof q->rid);
+    q->deadline_ms = lk_now_ms() + gw.cfg.gateway.route_timeout_ms;
+    memcpy(q->email, email, sizeof q->email);
+    memcpy(q->password, pw, pwlen);
+    json_decref(root);
+    if (broker_submit(c, GW_SIGNIN, GW_JOB_SIGNIN, &m, NULL) != 0)
+        s_reply_unavailable(c, "no signin worker available");
+    lk_wipe(&m, sizeof m);
+}
+
+static void s_signout(struct gw_conn *c)
+{
+    uint8_t hash[LK_TOKEN_HASH_LEN];
+    struct lk_session s;
+    struct lk_msg m;
+
+    if (s_bearer_hash(c, hash) != 0)
+        return;
+    if (!gw.cache) {
+        s_reply_unavailable(c, "session cache unavailable");
+        return;
+    }
+    /* The cache is complete: a token it does not know is not a session to revoke. */
+    int rc = lk_cache_session_get(gw.cache, hash, lk_now_ms(), &s);
+    if (rc == LK_ENOTFOUND) {
+        s_reply_token(c, 0);
+        return;
+    }
+    if (rc != 0) {
+        lk_log(LK_LOG_WARN, c->rid, "session cache read failed: %s", lk_strerror(rc));
+        s_reply_unavailable(c, "session cache unavailable");
+        return;
+    }
+    memset(&m, 0, sizeof m);
+    m.type = MSG_GW_SIGNOUT_REQUEST;
+    struct lk_msg_gw_signout_request *q = &m.u.gw_signout_request;
+    memcpy(q->rid, c->rid, sizeof q->rid);
+    q->deadline_ms = lk_now_ms() + gw.cfg.gateway.route_timeout_ms;
+    memcpy(q->token_hash, hash, sizeof q->token_hash);
+    if (broker_submit(c, GW_SIGNIN, GW_JOB_SIGNOUT, &m, NULL) != 0)
+        s_reply_unavailable(c, "no signin worker available");
+}
+
+void routes_job_reply(struct gw_conn *c, int kind, const char *email, const struct lk_msg *reply)
+{
+    char body[1024], uuid_ts[32];
+    struct gw_buf b = {.p = body, .cap = sizeof body, .fixed = 1};
+
+    if (kind == GW_JOB_SIGNUP) {
+        const struct lk_msg_su_signup_reply *r = &reply->u.su_signup_reply;
+        if (r->status != 201) {
+            s_reply_worker_error(c, r->status, r->error, r->message, r->retry_after);
+            return;
+        }
+        gw_buf_raw(&b, "{\"userId\":", 10);
+        gw_buf_str(&b, r->user_id, strlen(r->user_id));
+        gw_buf_raw(&b, ",\"email\":", 9);
+        gw_buf_str(&b, email, strlen(email));
+        gw_buf_raw(&b, ",\"createdAt\":\"", 14);
+        lk_time_format_s(r->created_ms, uuid_ts, sizeof uuid_ts);
+        gw_buf_raw(&b, uuid_ts, strlen(uuid_ts));
+        gw_buf_raw(&b, "\"}", 2);
+        gw_reply(c, 201, b.p, b.len, NULL, 0);
+    } else if (kind == GW_JOB_SIGNIN) {
+        const struct lk_msg_si_signin_reply *r = &reply->u.si_signin_reply;
+        if (r->status != 200) {
+            s_reply_worker_error(c, r->status, r->error, r->message, r->retry_after);
+            return;
+        }
+        gw_buf_raw(&b, "{\"token\":", 9);
+        gw_buf_str(&b, r->token, strlen(r->token));
+        gw_buf_raw(&b, ",\"tokenType\":\"Bearer\",\"expiresAt\":\"", 35);
+        lk_time_format_s(r->expires_ms, uuid_ts, sizeof uuid_ts);
+        gw_buf_raw(&b, uuid_ts, strlen(uuid_ts));
+        gw_buf_raw(&b, "\",\"userId\":", 11);
+        gw_buf_str(&b, r->user_id, strlen(r->user_id));
+        gw_buf_raw(&b, "}", 1);
+        gw_reply(c, 200, b.p, b.len, NULL, 0);
+        lk_wipe(body, sizeof body); /* the token leaves only through the socket */
+    } else {
+        const struct lk_msg_si_signout_reply *r = &reply->u.si_signout_reply;
+        if (r->status == 200 || r->status == 204)
+            gw_reply(c, 204, NULL, 0, NULL, 0);
+        else
+            s_reply_worker_error(c, r->status, r->error, r->message, 0);
+    }
+}
+
+void routes_job_fail(struct gw_conn *c, int status)
+{
+    if (status == 504)
+        gw_reply_error(c, 504, "timeout", "the request timed out", NULL, 0);
+    else
+        s_reply_unavailable(c, "the service is temporarily unavailable");
+}
+
+/* A worker's error answer: its status and body, checked (a worker is trusted, but an
+ * answer that is not an HTTP error becomes a 500 rather than a strange response). */
+static void s_reply_worker_error(struct gw_conn *c, uint32_t status, const char *error,
+                                 const char *message, uint32_t retry_after)
+{
+    char ra[16];
+    struct gw_hdr h = {"Retry-After", ra};
+    if (status < 400 || status > 599 || !error[0]) {
+        lk_log(LK_LOG_WARN, c->rid, "worker answered status %u error \"%s\"", status, error);
+        gw_reply_error(c, 500, "internal", "internal error", NULL, 0);
+        return;
+    }
+    snprintf(ra, sizeof ra, "%u", retry_after > 1 ? retry_after : 1);
+    gw_reply_error(c, (int)status, error, message[0] ? message : http_reason((int)status), &h,
+                   status == 429 || status == 503 ? 1 : 0);
+}
+
+/* ---- JSON output ---- */
+
+void gw_buf_raw(struct gw_buf *b, const char *s, size_t n)
+{
+    if (b->fail)
+        return;
+    if (b->len + n > b->cap) {
+        if (b->fixed) {
+            b->fail = 1;
+            return;
+        }
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->fail = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+void gw_buf_str(struct gw_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, run = 0;
+
+    gw_buf_raw(b, "\"", 1);
+    while (i < n) {
+        unsigned char ch = u[i];
+        if (ch >= 0x20 && ch < 0x80 && ch != '"' && ch != '\\') {
+            i++;
+            continue;
+        }
+        size_t k = ch >= 0x80 ? s_utf8_len(u + i, n - i) : 0;
+        if (k) {
+            i += k; /* valid UTF-8 is copied as it is */
+            continue;
+        }
+        gw_buf_raw(b, s + run, i - run);
+        if (ch == '"' || ch == '\\') {
+            char e[2] = {'\\', (char)ch};
+            gw_buf_raw(b, e, 2);
+        } else if (ch < 0x20) {
+            char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+            gw_buf_raw(b, e, 6);
+        } else {
+            gw_buf_raw(b, "\\ufffd", 6);
+        }
+        run = ++i;
+    }
+    gw_buf_raw(b, s + run, n - run);
+    gw_buf_raw(b, "\"", 1);
+}
+
+void gw_buf_free(struct gw_buf *b)
+{
+    if (!b->fixed)
+        free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* Length of the valid UTF-8 sequence at s (lead byte >= 0x80), or 0 if invalid
+ * (overlong forms, surrogates and code points past U+10FFFF are invalid). */
+static size_t s_utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t k;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf)
+        k = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        k = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        k = 4;
+    else
+        return 0;
+    if (n < k)
+        return 0;
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    if (s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < k; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    return k;
+}

@@ -1,0 +1,185 @@
+/* signin.c: the signin worker. Password verification, creating sessions (Postgres, then
+ * the host's cache) and revoking them; the gateway hands it one job at a time
+ * (common/worker.h). */
+#include "cache.h"
+#include "codec.h"
+#include "config.h"
+#include "crypto.h"
+#include "db.h"
+#include "errors.h"
+#include "log.h"
+#include "util.h"
+#include "worker.h"
+
+#include <string.h>
+
+int signin_main(int argc, char **argv);
+static int s_dummy_init(void);
+static int s_signin(lk_db_t *db, struct lk_msg *req, struct lk_msg *reply);
+static int s_authenticate(lk_db_t *db, struct lk_msg_gw_signin_request *q,
+                          struct lk_msg_si_signin_reply *r, const char **why);
+static int s_session_open(lk_db_t *db, const struct lk_db_user *u, const char *rid,
+                          struct lk_msg_si_signin_reply *r);
+static int s_signout(lk_db_t *db, struct lk_msg *req, struct lk_msg *reply);
+
+static struct lk_config s_cfg;
+static lk_cache_t *s_cache;
+/* An argon2id hash of a random password at the configured cost: unknown emails are
+ * verified against it so that they take as long as known ones. */
+static char s_dummy_hash[LK_PWHASH_MAX];
+
+static const struct msg_handler handlers[] = {
+    {MSG_GW_SIGNIN_REQUEST, s_signin},
+    {MSG_GW_SIGNOUT_REQUEST, s_signout},
+};
+
+int main(int argc, char **argv)
+{
+    return signin_main(argc, argv);
+}
+
+int signin_main(int argc, char **argv)
+{
+    int rc;
+
+    lk_role_start("signin", argc, argv, &s_cfg);
+    if ((rc = lk_cache_open(s_cfg.cache.path, s_cfg.cache.map_size, 0, &s_cache)) != 0)
+        lk_fatal("cache %s: %s", s_cfg.cache.path, lk_strerror(rc));
+    if ((rc = s_dummy_init()) != 0)
+        lk_fatal("dummy password hash: %s", lk_strerror(rc));
+    rc = lk_worker_run("signin", &s_cfg, handlers, sizeof handlers / sizeof handlers[0]);
+    lk_cache_destroy(&s_cache);
+    return rc;
+}
+
+static int s_dummy_init(void)
+{
+    char pw[LK_TOKEN_LEN + 1];
+    int rc = lk_token_new(pw);
+
+    if (rc == 0)
+        rc = lk_password_hash(pw, LK_TOKEN_LEN, (uint64_t)s_cfg.hash.ops, s_cfg.hash.mem,
+                              s_dummy_hash);
+    lk_wipe(pw, sizeof pw);
+    return rc;
+}
+
+static int s_signin(lk_db_t *db, struct lk_msg *req, struct lk_msg *reply)
+{
+    struct lk_msg_gw_signin_request *q = &req->u.gw_signin_request;
+    struct lk_msg_si_signin_reply *r = &reply->u.si_signin_reply;
+    const char *why = NULL;
+    int64_t t0 = lk_mono_ms();
+
+    reply->type = MSG_SI_SIGNIN_REPLY;
+    r->job = q->job;
+    int rc = s_authenticate(db, q, r, &why);
+    lk_log(LK_LOG_INFO, q->rid, "signin %u %s%s%s (%lld ms)", r->status,
+           r->status == 200 ? r->user_id : r->error, why ? ": " : "", why ? why : "",
+           (long long)(lk_mono_ms() - t0));
+    return rc;
+}
+
+/* Fills r for one signin; *why gets the reason of a 401 for the log (the client gets the
+ * same answer whatever it is). Returns LK_EDB when Postgres failed, else 0. */
+static int s_authenticate(lk_db_t *db, struct lk_msg_gw_signin_request *q,
+                          struct lk_msg_si_signin_reply *r, const char **why)
+{
+    struct lk_db_user u;
+    int rc = lk_db_user_by_email(db, q->email, &u);
+
+    if (rc != 0 && rc != LK_ENOTFOUND) {
+        LK_REPLY_UNAVAILABLE(r);
+        return LK_EDB;
+    }
+    /* Verify in every case, so that unknown, disabled and known users take the same time. */
+    int match = lk_password_verify(rc == 0 ? u.password_hash : s_dummy_hash, q->password,
+                                   strlen(q->password)) == 0;
+    lk_wipe(q->password, sizeof q->password);
+    lk_wipe(u.password_hash, sizeof u.password_hash);
+    if (rc != 0 || !match || !u.is_active) {
+        *why = rc != 0 ? "unknown email" : !match ? "wrong password" : "disabled user";
+        LK_REPLY_ERROR(r, 401, "invalid_credentials", "invalid email or password");
+        return 0;
+    }
+    return s_session_open(db, &u, q->rid, r);
+}
+
+/* Creates the session of u: the row first (Postgres is the source of truth), then the cache
+ * entry, so that the token is valid everywhere before the client holds it. Fills r.
+ * Returns LK_EDB when Postgres failed, else 0. */
+static int s_session_open(lk_db_t *db, const struct lk_db_user *u, const char *rid,
+                          struct lk_msg_si_signin_reply *r)
+{
+    uint8_t hash[LK_TOKEN_HASH_LEN];
+    int64_t now = lk_now_ms();
+    struct lk_session s = {.created_ms = now, .expires_ms = now + s_cfg.session.ttl_ms};
+    int rc;
+
+    memcpy(s.user_id, u->id, sizeof s.user_id);
+    (void)lk_strlcpy(s.email, u->email, sizeof s.email);
+    if ((rc = lk_token_new(r->token)) == 0)
+        rc = lk_token_hash(r->token, LK_TOKEN_LEN, hash);
+    if (rc != 0) {
+        lk_log(LK_LOG_ERROR, rid, "token: %s", lk_strerror(rc));
+        lk_wipe(r->token, sizeof r->token);
+        LK_REPLY_UNAVAILABLE(r);
+        return 0;
+    }
+
+    if ((rc = lk_db_session_insert(db, hash, u->id, s.created_ms, s.expires_ms)) != 0) {
+        rc = LK_EDB;
+    } else if ((rc = lk_cache_session_put(s_cache, hash, &s)) != 0) {
+        /* The client will never hold this token: take the row back too, so that Postgres and
+         * the cache (warmed from Postgres) keep agreeing. */
+        lk_log(LK_LOG_ERROR, rid, "cache write failed: %s; session withdrawn", lk_strerror(rc));
+        rc = lk_db_session_delete(db, hash) == LK_EDB ? LK_EDB : 0;
+    } else {
+        r->status = 200;
+        lk_uuid_format(u->id, r->user_id);
+        r->expires_ms = s.expires_ms;
+        lk_wipe(hash, sizeof hash);
+        return 0;
+    }
+    lk_wipe(hash, sizeof hash);
+    lk_wipe(r->token, sizeof r->token);
+    LK_REPLY_UNAVAILABLE(r);
+    return rc;
+}
+
+/* Revokes one session: the row, then the cache entry, both before the answer, so that the
+ * very next validate of the token fails. */
+static int s_signout(lk_db_t *db, struct lk_msg *req, struct lk_msg *reply)
+{
+    struct lk_msg_gw_signout_request *q = &req->u.gw_signout_request;
+    struct lk_msg_si_signout_reply *r = &reply->u.si_signout_reply;
+    struct lk_session s;
+    int64_t t0 = lk_mono_ms();
+
+    reply->type = MSG_SI_SIGNOUT_REPLY;
+    r->job = q->job;
+    /* Validity as validate sees it: a row the sweeper has not reached yet may outlive its
+     * expiry, and signing out an expired token is a 401 like validating it. */
+    int live = lk_cache_session_get(s_cache, q->token_hash, lk_now_ms(), &s);
+    int rc = lk_db_session_delete(db, q->token_hash);
+    if (rc != 0 && rc != LK_ENOTFOUND) {
+        LK_REPLY_UNAVAILABLE(r);
+        rc = LK_EDB;
+    } else {
+        /* Even without a row: an entry left by a signout whose cache delete failed would
+         * keep the token valid until its expiry. */
+        int crc = lk_cache_session_del(s_cache, q->token_hash);
+        if (crc != 0 && crc != LK_ENOTFOUND) {
+            lk_log(LK_LOG_ERROR, q->rid, "cache delete failed: %s", lk_strerror(crc));
+            LK_REPLY_UNAVAILABLE(r);
+        } else if (rc == 0 && live != LK_ENOTFOUND) {
+            r->status = 204;
+        } else {
+            LK_REPLY_ERROR(r, 401, "invalid_token", "token is not valid");
+        }
+        rc = 0;
+    }
+    lk_log(LK_LOG_INFO, q->rid, "signout %u%s%s (%lld ms)", r->status, *r->error ? " " : "",
+           r->error, (long long)(lk_mono_ms() - t0));
+    return rc;
+}
