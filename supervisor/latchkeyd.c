@@ -123,13 +123,14 @@ int main(int argc, char **argv)
     if (n <= 0)
         lk_fatal("cannot read /proc/self/exe: %s", strerror(errno));
     exe[n] = '\0';
-    snprintf(s->bindir, sizeof s->bindir, "%s", dirname(exe));
+    if (lk_strlcpy(s->bindir, dirname(exe), sizeof s->bindir) != 0)
+        lk_fatal("binary path too long");
     if (!s->sqldir[0]) {
         const char *env = getenv("LATCHKEY_SQL_DIR");
-        if (env)
-            snprintf(s->sqldir, sizeof s->sqldir, "%s", env);
-        else
-            snprintf(s->sqldir, sizeof s->sqldir, "%s/../../../sql", s->bindir);
+        int w = env ? snprintf(s->sqldir, sizeof s->sqldir, "%s", env)
+                    : snprintf(s->sqldir, sizeof s->sqldir, "%s/../../../sql", s->bindir);
+        if (w < 0 || (size_t)w >= sizeof s->sqldir)
+            lk_fatal("migrations path too long");
     }
 
     /* Signals arrive through a signalfd in the loop; children get a clean mask back. */

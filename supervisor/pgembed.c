@@ -21,10 +21,10 @@
 
 struct pgembed {
     char bindir[LK_PATH_MAX];
-    char dir[LK_PATH_MAX];      /* <var>/pg */
-    char data[LK_PATH_MAX + 8]; /* <var>/pg/data */
-    char run[LK_PATH_MAX + 8];  /* <var>/pg/run: the socket directory */
-    char log[LK_PATH_MAX + 16]; /* <var>/pg/postgres.log */
+    char dir[LK_PATH_MAX + 8];   /* <var>/pg */
+    char data[LK_PATH_MAX + 16]; /* <var>/pg/data */
+    char run[LK_PATH_MAX + 16];  /* <var>/pg/run: the socket directory */
+    char log[LK_PATH_MAX + 24];  /* <var>/pg/postgres.log */
     uid_t uid;                  /* who runs postgres (getuid() unless root) */
     gid_t gid;
     pid_t pid;
@@ -60,7 +60,7 @@ int pgembed_start(const struct lk_config *cfg, char *conninfo, size_t len, pgemb
         return rc;
     }
 
-    char version[LK_PATH_MAX + 32];
+    char version[LK_PATH_MAX + 48];
     snprintf(version, sizeof version, "%s/PG_VERSION", self->data);
     if (access(version, F_OK) != 0) {
         lk_info("initializing the embedded Postgres cluster in %s", self->data);
@@ -69,7 +69,7 @@ int pgembed_start(const struct lk_config *cfg, char *conninfo, size_t len, pgemb
         char *argv[] = {initdb, "-D", self->data, "-U", "latchkey", "--auth=trust", "-E", "UTF8",
                         "--no-locale", "--no-instructions", NULL};
         if ((rc = s_run(self, argv, 0, NULL)) != 0) {
-            lk_error("initdb failed (see its output above)");
+            lk_error("initdb failed; see %s", self->log);
             free(self);
             return rc;
         }
@@ -96,7 +96,7 @@ void pgembed_reaped(pgembed_t *self, int status)
 
 int pgembed_restart(pgembed_t *self)
 {
-    char conninfo[LK_PATH_MAX + 64];
+    char conninfo[LK_PATH_MAX + 96];
     int rc = s_spawn(self);
     return rc ? rc : s_wait_ready(self, conninfo, sizeof conninfo);
 }
@@ -210,8 +210,8 @@ static int s_mkdir_owned(const char *path, uid_t uid, gid_t gid)
     return 0;
 }
 
-/* Runs argv as the Postgres user; stdout/stderr go to ours (foreground) or to the
- * server log (background). */
+/* Runs argv as the Postgres user with stdout/stderr to the server log, and waits for it
+ * (background=0) or returns its pid (background=1). */
 static int s_run(pgembed_t *self, char *const argv[], int background, pid_t *pid_out)
 {
     pid_t pid = fork();
@@ -242,7 +242,7 @@ static int s_run(pgembed_t *self, char *const argv[], int background, pid_t *pid
                     self->dir, strerror(errno));
             _exit(126);
         }
-        if (background) {
+        {
             int fd = open(self->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
             if (fd >= 0) {
                 dup2(fd, 1);
@@ -274,7 +274,7 @@ static int s_spawn(pgembed_t *self)
 {
     char postgres[LK_PATH_MAX + 16];
     snprintf(postgres, sizeof postgres, "%s/postgres", self->bindir);
-    char sockdir[LK_PATH_MAX + 32];
+    char sockdir[LK_PATH_MAX + 64];
     snprintf(sockdir, sizeof sockdir, "unix_socket_directories=%s", self->run);
     char *argv[] = {postgres, "-D", self->data, "-c", "listen_addresses=", "-c", sockdir,
                     "-c", "unix_socket_permissions=0700",
@@ -288,7 +288,7 @@ static int s_spawn(pgembed_t *self)
 
 static int s_wait_ready(pgembed_t *self, char *conninfo, size_t len)
 {
-    char admin[LK_PATH_MAX + 64];
+    char admin[LK_PATH_MAX + 96];
     snprintf(admin, sizeof admin, "host=%s dbname=postgres user=latchkey", self->run);
     int64_t end = lk_mono_ms() + 60000;
     for (;;) {
