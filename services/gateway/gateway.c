@@ -52,7 +52,8 @@ enum { EV_LISTEN = 1, EV_SIGNAL, EV_TIMER, EV_ZMQ, EV_CONN = 16 };
 #define OVERFLOW_SLOTS 64       /* connections past max_connections that get a 503 */
 #define ACCEPT_BUDGET 64
 #define EPOLL_BATCH 256
-#define CACHE_RETRY_MS 1000
+#define CACHE_RETRY_MIN_MS 250 /* reopening the cache: doubling up to the max */
+#define CACHE_RETRY_MAX_MS 5000
 #define BODY_RATE 100           /* bytes/s a body must average after its grace period */
 
 struct gateway gw;
@@ -442,6 +443,8 @@ static void s_conn_process(struct gw_conn *c)
             routes_request(c);
         } else {
             c->close_after = 1;
+            if (!c->rid[0] && h->req.has_rid) /* the head got that far before the error */
+                memcpy(c->rid, h->req.rid, sizeof c->rid);
             gw_reply_error(c, h->err_status, h->err_code, h->err_msg, NULL, 0);
         }
     }
@@ -696,19 +699,19 @@ static void s_conn_timers(struct gw_conn *c)
 
 static void s_cache_try_open(void)
 {
-    static int logged;
+    static int64_t wait;
     int rc = lk_cache_open(gw.cfg.cache.path, gw.cfg.cache.map_size, 1, &gw.cache);
     if (rc == 0) {
         lk_info("session cache open: %s", gw.cfg.cache.path);
-        logged = 0;
         return;
     }
     gw.cache = NULL;
-    s_cache_next = gw.now + CACHE_RETRY_MS;
-    if (!logged)
+    if (!wait)
         lk_warn("session cache %s cannot be opened (%s); retrying", gw.cfg.cache.path,
                 lk_strerror(rc));
-    logged = 1;
+    /* the cache module logs each failure: back off so a missing cache is not a flood */
+    wait = wait ? (wait * 2 > CACHE_RETRY_MAX_MS ? CACHE_RETRY_MAX_MS : wait * 2) : CACHE_RETRY_MIN_MS;
+    s_cache_next = gw.now + wait;
 }
 
 static void s_drain_begin(void)

@@ -42,6 +42,7 @@ enum { H_OTHER = 0, H_HOST, H_CTYPE, H_AUTH, H_EXPECT, H_RID, H_TE };
 #define IN_SLACK 4096        /* input room past max_header for body and pipelined bytes */
 #define BODY_WIRE_SLACK 16384 /* chunk framing allowed beyond the body limit */
 
+static const llhttp_settings_t *s_settings(void);
 static int s_scan(struct http_conn *h);
 static void s_req_reset(struct http_conn *h);
 static enum http_ev s_fail(struct http_conn *h, int status, const char *code, const char *msg);
@@ -119,7 +120,10 @@ void http_conn_free(struct http_conn *h)
         explicit_bzero(h->rbuf, h->rcap);
         free(h->rbuf);
     }
-    free(h->out);
+    if (h->out) {
+        explicit_bzero(h->out, h->out_cap); /* a signin answer holds a token */
+        free(h->out);
+    }
     explicit_bzero(&h->req, sizeof h->req);
     h->rbuf = h->body = h->out = NULL;
     h->rcap = h->body_cap = h->out_cap = 0;
@@ -400,8 +404,6 @@ static enum http_ev s_llhttp_fail(struct http_conn *h, llhttp_errno_t e)
         return s_fail(h, 400, "invalid_request", "invalid method");
     case HPE_INVALID_VERSION:
         return s_fail(h, 400, "invalid_request", "unsupported HTTP version");
-    case HPE_USER:
-        return s_fail(h, 400, "invalid_request", llhttp_get_error_reason(&h->parser));
     default:
         return s_fail(h, 400, "invalid_request", "malformed request");
     }
@@ -628,17 +630,18 @@ static int s_on_headers_complete(llhttp_t *p)
     struct http_request *r = &h->req;
     r->method = p->method;
     r->minor = p->http_minor;
+    /* Errors are recorded here (llhttp turns any callback error into one generic code). */
     if (p->http_major != 1 || p->http_minor > 1) {
-        llhttp_set_error_reason(p, "unsupported HTTP version");
-        return HPE_USER;
+        s_fail(h, 400, "invalid_request", "unsupported HTTP version");
+        return -1;
     }
     if (g_hd.host_count > 1 || (p->http_minor == 1 && g_hd.host_count == 0)) {
-        llhttp_set_error_reason(p, "exactly one Host header is required");
-        return HPE_USER;
+        s_fail(h, 400, "invalid_request", "exactly one Host header is required");
+        return -1;
     }
     if (g_hd.te_bad || ((p->flags & F_TRANSFER_ENCODING) && p->http_minor == 0)) {
-        llhttp_set_error_reason(p, "unsupported Transfer-Encoding");
-        return HPE_USER;
+        s_fail(h, 400, "invalid_request", "unsupported Transfer-Encoding");
+        return -1;
     }
     r->chunked = (p->flags & F_CHUNKED) != 0;
     r->content_length = (p->flags & F_CONTENT_LENGTH) ? p->content_length : 0;

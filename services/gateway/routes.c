@@ -55,6 +55,7 @@ static int s_credentials(struct gw_conn *c, json_t **root, json_t **email, json_
 static void s_session_json(struct gw_buf *b, const struct lk_session *s);
 static void s_json_free(void *p);
 static size_t s_utf8_len(const unsigned char *s, size_t n);
+static size_t s_pw_max(void);
 
 static const struct route routes[] = {
     {"/health", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, s_health},
@@ -125,8 +126,6 @@ void routes_head(struct gw_conn *c)
     }
     if (rt && rt->body == BODY_BATCH)
         max = gw.cfg.gateway.max_batch_body;
-    if (r->upgrade)
-        c->close_after = 1; /* no protocol switch here: answer, then close */
     if (c->pend_status && r->has_body &&
         (r->expect_continue || r->chunked || r->content_length > max)) {
         /* Refused anyway: answer without reading a body that may be large or held back

@@ -138,12 +138,12 @@ static int s_session_open(lk_db_t *db, const struct lk_db_user *u, const char *r
         r->status = 200;
         lk_uuid_format(u->id, r->user_id);
         r->expires_ms = s.expires_ms;
-        lk_wipe(hash, sizeof hash);
-        return 0;
     }
     lk_wipe(hash, sizeof hash);
-    lk_wipe(r->token, sizeof r->token);
-    LK_REPLY_UNAVAILABLE(r);
+    if (r->status != 200) {
+        lk_wipe(r->token, sizeof r->token);
+        LK_REPLY_UNAVAILABLE(r);
+    }
     return rc;
 }
 
