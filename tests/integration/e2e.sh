@@ -219,6 +219,61 @@ if [ -x "$ROOT/$BUILD/tests/db_test" ]; then
     fi
 fi
 
+# ---- configuration check mode ------------------------------------------------------------
+printf '[gateway]\nlisten = 127.0.0.1:1\n\n[session]\nttl = 3 parsecs\n' >"$TMP/bad.conf"
+OUT=$("$BIN/latchkeyd" -n -c "$TMP/bad.conf" 2>&1)
+RC=$?
+check "latchkeyd -n rejects a bad value" is "$RC" 1
+check "... naming the file and line" matches "$OUT" "bad.conf:5"
+OUT=$("$BIN/latchkeyd" -n -c "$TMP/latchkey.conf" 2>&1)
+check "latchkeyd -n accepts a good file" is "$OUT" "configuration OK"
+OUT=$(LATCHKEY_SESSION_TTL=forever "$BIN/latchkeyd" -n -c "$TMP/latchkey.conf" 2>&1)
+check "a bad environment override is an error" matches "$OUT" "LATCHKEY_SESSION_TTL"
+
+# ---- a second stack on an external Postgres (database.url) --------------------------------
+# The first stack's server stands in for an external Postgres: a fresh database there gets
+# the migrations, and users made through the second stack land in it. Stopped with SIGINT,
+# as Ctrl-C would.
+psql -h "$VAR/pg/run" -U latchkey -d latchkey -qc "CREATE DATABASE ext_db" >/dev/null 2>&1
+while :; do
+    PORT2=$((20000 + RANDOM % 30000))
+    [ "$PORT2" != "$PORT" ] || continue
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT2") 2>/dev/null || break
+done
+mkdir -p "$TMP/ext"
+LATCHKEY_DATABASE_URL="host=$VAR/pg/run dbname=ext_db user=latchkey" LATCHKEY_PATHS_VAR="$TMP/ext/var" \
+    LATCHKEY_GATEWAY_LISTEN="127.0.0.1:$PORT2" LATCHKEY_SIGNUP_COUNT=1 LATCHKEY_SIGNIN_COUNT=1 \
+    LATCHKEY_HASH_OPS=1 LATCHKEY_HASH_MEM=64K "$BIN/latchkeyd" >"$TMP/ext.log" 2>&1 &
+SUP2=$!
+ready=0
+for _ in $(seq 1 200); do
+    kill -0 "$SUP2" 2>/dev/null || break
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT2/ready")" = 200 ] && { ready=1; break; }
+    sleep 0.3
+done
+check "a stack on an external database becomes ready" is "$ready" 1
+check "... without an embedded Postgres of its own" is "$([ -e "$TMP/ext/var/pg" ] && echo yes || echo no)" no
+TABLES=$(psql -h "$VAR/pg/run" -U latchkey -d ext_db -Atc "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'" 2>&1)
+check "... which applied the migrations there" is "$TABLES" "schema_migrations,user_sessions,users"
+SAVED_BASE=$BASE
+BASE=http://127.0.0.1:$PORT2
+req POST /api/auth/signup '{"email":"ext@example.com","password":"external database!"}'
+check "signup through the second stack is 201" is "$STATUS" 201
+req POST /api/auth/signin '{"email":"ext@example.com","password":"external database!"}'
+check "signin through the second stack is 200" is "$STATUS" 200
+req GET /api/auth/validate "" -H "Authorization: Bearer $(field token)"
+check "validate through the second stack is 200" is "$STATUS" 200
+BASE=$SAVED_BASE
+EXT_USERS=$(psql -h "$VAR/pg/run" -U latchkey -d ext_db -Atc "SELECT count(*) FROM users WHERE email = 'ext@example.com'" 2>&1)
+check "the user row is in the external database" is "$EXT_USERS" 1
+kill -INT "$SUP2"
+for _ in $(seq 1 200); do kill -0 "$SUP2" 2>/dev/null || break; sleep 0.2; done
+wait "$SUP2" 2>/dev/null
+check "SIGINT (Ctrl-C) stops the second stack with status 0" is "$?" 0
+sleep 0.3
+LEFT=$(pgrep -af "$TMP/ext" | grep -v -e pgrep || true)
+check "... leaving no process behind" is "$LEFT" ""
+
 # ---- graceful stop -----------------------------------------------------------------------
 kill -TERM "$SUP"
 stopped=0
