@@ -165,8 +165,11 @@ int gateway_main(int argc, char **argv)
                 if (s_lfd >= 0)
                     s_accept();
             } else if (tag == EV_SIGNAL) {
-                if (lk_role_stopping() && !gw.draining)
+                if (lk_role_stopping() && !gw.draining) {
+                    /* a second signal would keep the level-triggered signalfd readable */
+                    (void)epoll_ctl(s_epfd, EPOLL_CTL_DEL, lk_role_signal_fd(), NULL);
                     s_drain_begin();
+                }
             } else if (tag == EV_TIMER) {
                 uint64_t ticks;
                 if (read(s_tfd, &ticks, sizeof ticks) < 0 && errno != EAGAIN)
@@ -625,15 +628,18 @@ void gw_reply(struct gw_conn *c, int status, const char *body, size_t len,
 void gw_reply_error(struct gw_conn *c, int status, const char *code, const char *msg,
                     const struct gw_hdr *hdrs, size_t nhdrs)
 {
-    char body[512];
+    char body[1280]; /* a worker's code (32) and message (160), each escaped up to 6x */
     struct gw_buf b = {.p = body, .cap = sizeof body, .fixed = 1};
     gw_buf_raw(&b, "{\"error\":", 9);
     gw_buf_str(&b, code, strlen(code));
     gw_buf_raw(&b, ",\"message\":", 11);
     gw_buf_str(&b, msg, strlen(msg));
     gw_buf_raw(&b, "}", 1);
-    if (b.fail) /* a message too long for the buffer: keep the code alone */
-        b.len = (size_t)snprintf(body, sizeof body, "{\"error\":\"%s\",\"message\":\"\"}", code);
+    if (b.fail) { /* cannot happen with the sizes above; never send a cut JSON text */
+        static const char internal[] = "{\"error\":\"internal\",\"message\":\"internal error\"}";
+        b.len = sizeof internal - 1;
+        memcpy(body, internal, b.len);
+    }
     gw_reply(c, status, body, b.len, hdrs, nhdrs);
 }
 

@@ -12,10 +12,15 @@
  * once the response is queued. That is what answers pipelined requests in order.
  *
  * The request head (request line + headers) is collected whole before llhttp sees it and
- * checked byte by byte first (see s_scan in http.c): llhttp, as Debian builds it, is
- * compiled in loose mode and lets obs-fold, a space before the colon, bare LF, empty field
- * names and control bytes in the target through. Having the head contiguous also means
- * every llhttp span of the head arrives in one piece.
+ * checked byte by byte first (see s_scan in http.c). llhttp 8.1 as built here
+ * (LLHTTP_STRICT_MODE 0, no lenient flag set) rejects by itself: Content-Length with
+ * Transfer-Encoding, duplicate Content-Lengths (even equal ones), a bad chunk size, a bare
+ * CR, NUL and other controls in field values, a coding after "chunked". It accepts, and
+ * s_scan or on_headers_complete reject: obs-fold, white space before the colon, an empty
+ * field name, a bare LF ending the head, tab or controls in the target, version HTTP/2.0,
+ * a missing or repeated Host, a Transfer-Encoding other than "chunked" alone.
+ * Having the head contiguous also means every llhttp span of the head arrives in one
+ * piece.
  *
  * Ownership: every buffer belongs to the http_conn; http_conn_free releases them (and wipes
  * the body and the Authorization copy, which may hold passwords and tokens).
@@ -31,7 +36,8 @@
 #define HTTP_PATH_MAX 128  /* longer paths match no route (404), they are not stored */
 #define HTTP_AUTH_MAX 256  /* longer Authorization values are malformed tokens */
 #define HTTP_RID_MAX 64    /* X-Request-Id: 1-64 chars of [A-Za-z0-9._-] */
-#define HTTP_OUT_MAX (1u << 20) /* output bound: past it the caller closes the client */
+#define HTTP_OUT_MAX (4u << 20) /* output bound (a full validate/batch answer fits): past
+                                   it the caller closes the client */
 
 struct http_limits {
     size_t max_uri;    /* request-target bytes: 414 past it */
