@@ -5,6 +5,12 @@
  * and their answer does not depend on the process's environment. */
 #include "check.h"
 
+#include "crypto.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <utf8proc.h>
+
 #include <stdint.h>
 #include <string.h>
 
@@ -135,4 +141,91 @@ out:
     if (reason)
         *reason = why;
     return rc;
+}
+
+extern const char *const lk_common_passwords[];
+extern const size_t lk_common_passwords_count;
+
+int lk_password_nfkc(const char *pw, size_t len, char *out, size_t cap, size_t *outlen)
+{
+    utf8proc_uint8_t *dst = NULL;
+    utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)pw, (utf8proc_ssize_t)len, &dst,
+                                      UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT);
+    if (n < 0)
+        return n == UTF8PROC_ERROR_NOMEM ? -ENOMEM : LK_EMALFORMED;
+    int rc = 0;
+    if ((size_t)n >= cap) {
+        rc = LK_ETOOBIG;
+    } else {
+        memcpy(out, dst, (size_t)n);
+        out[n] = '\0';
+        *outlen = (size_t)n;
+    }
+    lk_wipe(dst, (size_t)n);
+    free(dst);
+    return rc;
+}
+
+/* Compares a (len bytes, ASCII-lowercased on the fly) with the NUL-terminated b. */
+static int s_lower_cmp(const char *a, size_t len, const char *b)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ca = (unsigned char)a[i], cb = (unsigned char)b[i];
+        if (ca >= 'A' && ca <= 'Z')
+            ca = (unsigned char)(ca + 32);
+        if (cb == '\0' || ca != cb)
+            return cb == '\0' ? 1 : (int)ca - (int)cb;
+    }
+    return b[len] == '\0' ? 0 : -1;
+}
+
+int lk_password_is_common(const char *pw, size_t len)
+{
+    size_t lo = 0, hi = lk_common_passwords_count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = s_lower_cmp(pw, len, lk_common_passwords[mid]);
+        if (c == 0)
+            return 1;
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return 0;
+}
+
+/* ASCII-case-insensitive equality of pw (len bytes) and the first n bytes of s. */
+static int s_same_ci(const char *pw, size_t len, const char *s, size_t n)
+{
+    if (len != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char a = (unsigned char)pw[i], b = (unsigned char)s[i];
+        if (a >= 'A' && a <= 'Z')
+            a = (unsigned char)(a + 32);
+        if (b >= 'A' && b <= 'Z')
+            b = (unsigned char)(b + 32);
+        if (a != b)
+            return 0;
+    }
+    return 1;
+}
+
+int lk_password_policy(const char *pw, size_t len, const char *email, const char **reason)
+{
+    const char *at = email ? strchr(email, '@') : NULL;
+    if (email && (s_same_ci(pw, len, email, strlen(email)) ||
+                  (at && s_same_ci(pw, len, email, (size_t)(at - email))))) {
+        if (reason)
+            *reason = "password must not be the email address or its local part";
+        return LK_EINVAL;
+    }
+    if (lk_password_is_common(pw, len)) {
+        if (reason)
+            *reason = "password is too common: choose one that is not on lists of breached "
+                      "passwords";
+        return LK_EINVAL;
+    }
+    return 0;
 }

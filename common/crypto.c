@@ -114,3 +114,66 @@ int lk_equal(const void *a, const void *b, size_t len)
 {
     return sodium_memcmp(a, b, len) == 0;
 }
+
+/* Reads a decimal field "<key>=<digits>" at *p, advancing past it. */
+static int s_param(const char **p, const char *key, uint64_t max, uint64_t *out)
+{
+    size_t kl = strlen(key);
+    if (strncmp(*p, key, kl) != 0)
+        return LK_EINVAL;
+    const char *q = *p + kl;
+    uint64_t v = 0;
+    if (*q < '0' || *q > '9')
+        return LK_EINVAL;
+    for (; *q >= '0' && *q <= '9'; q++) {
+        v = v * 10 + (uint64_t)(*q - '0');
+        if (v > max)
+            return LK_EINVAL;
+    }
+    *out = v;
+    *p = q;
+    return 0;
+}
+
+int lk_password_params(const char *stored, uint64_t *ops, size_t *mem, uint32_t *lanes)
+{
+    static const char prefix[] = "$argon2id$v=19$";
+    if (stored == NULL || strnlen(stored, LK_PWHASH_MAX) == LK_PWHASH_MAX ||
+        strncmp(stored, prefix, sizeof prefix - 1) != 0)
+        return LK_EINVAL;
+    const char *p = stored + sizeof prefix - 1;
+    uint64_t m, t, l;
+    if (s_param(&p, "m=", UINT32_MAX, &m) != 0 || *p++ != ',' ||
+        s_param(&p, "t=", UINT32_MAX, &t) != 0 || *p++ != ',' ||
+        s_param(&p, "p=", 255, &l) != 0 || *p != '$')
+        return LK_EINVAL;
+    *ops = t;
+    *mem = (size_t)m * 1024;
+    *lanes = (uint32_t)l;
+    return 0;
+}
+
+int lk_password_verify_capped(const char *stored, const char *pw, size_t len, uint64_t max_ops,
+                              size_t max_mem)
+{
+    uint64_t ops;
+    size_t mem;
+    uint32_t lanes;
+    if (lk_password_params(stored, &ops, &mem, &lanes) != 0)
+        return LK_EINVAL;
+    if (ops > max_ops || mem > max_mem || lanes != 1)
+        return LK_ETOOBIG;
+    return lk_password_verify(stored, pw, len);
+}
+
+int lk_password_needs_rehash(const char *stored, uint64_t ops, size_t mem)
+{
+    size_t n = strnlen(stored, LK_PWHASH_MAX);
+    char buf[crypto_pwhash_STRBYTES];
+    if (n >= sizeof buf)
+        return LK_EINVAL;
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, stored, n);
+    int rc = crypto_pwhash_str_needs_rehash(buf, ops, mem);
+    return rc < 0 ? LK_EINVAL : rc;
+}

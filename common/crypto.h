@@ -37,6 +37,21 @@ int lk_password_hash(const char *pw, size_t len, uint64_t ops, size_t mem,
  * mismatch or an unparseable stored hash. */
 int lk_password_verify(const char *stored, const char *pw, size_t len) LK_WUR;
 
+/* Reads the cost of a stored "$argon2id$v=19$m=<KiB>,t=<ops>,p=<lanes>$..." hash: *ops,
+ * *mem (bytes) and *lanes. Returns 0 or LK_EINVAL when stored is not of that form. */
+int lk_password_params(const char *stored, uint64_t *ops, size_t *mem, uint32_t *lanes) LK_WUR;
+
+/* Like lk_password_verify, but first refuses (LK_ETOOBIG, without hashing) a stored hash
+ * whose cost exceeds max_ops or max_mem bytes or uses more than one lane: a tampered row
+ * must not make a worker allocate gigabytes. */
+int lk_password_verify_capped(const char *stored, const char *pw, size_t len, uint64_t max_ops,
+                              size_t max_mem) LK_WUR;
+
+/* Returns 1 when stored was made with a cost other than (ops, mem) and should be rehashed
+ * after a successful verification (crypto_pwhash_str_needs_rehash), 0 when it matches,
+ * LK_EINVAL when stored is not an argon2id hash. */
+int lk_password_needs_rehash(const char *stored, uint64_t ops, size_t mem) LK_WUR;
+
 /* Wipes len bytes at p (sodium_memzero). */
 void lk_wipe(void *p, size_t len);
 

@@ -427,6 +427,69 @@ static void test_utf8_exhaustive(void **state)
         }
 }
 
+
+/* NFKC: composed and decomposed forms, and compatibility forms, normalize alike. */
+static void test_password_nfkc(void **state)
+{
+    (void)state;
+    char a[64], b[64];
+    size_t la = 0, lb = 0;
+    assert_int_equal(lk_password_nfkc("caf\xc3\xa9 au lait", 13, a, sizeof a, &la), 0);
+    assert_int_equal(lk_password_nfkc("cafe\xcc\x81 au lait", 14, b, sizeof b, &lb), 0);
+    assert_int_equal(la, lb);
+    assert_memory_equal(a, b, la);
+    assert_string_equal(a, "caf\xc3\xa9 au lait");
+    /* U+FB01 LATIN SMALL LIGATURE FI and fullwidth digits are compatibility forms. */
+    assert_int_equal(lk_password_nfkc("\xef\xac\x81x\xef\xbc\x91", 7, a, sizeof a, &la), 0);
+    assert_string_equal(a, "fix1");
+    /* A result that does not fit is refused, never truncated. */
+    assert_int_equal(lk_password_nfkc("abcdef", 6, a, 6, &la), LK_ETOOBIG);
+    assert_int_equal(lk_password_nfkc("abcdef", 6, a, 7, &la), 0);
+    assert_int_equal(la, 6);
+    /* Long input: kept whole (no 72-byte bcrypt-style truncation anywhere). */
+    char big[1025], out[1100];
+    memset(big, 'x', 1024);
+    big[1024] = '\0';
+    assert_int_equal(lk_password_nfkc(big, 1024, out, sizeof out, &la), 0);
+    assert_int_equal(la, 1024);
+}
+
+static void test_password_common(void **state)
+{
+    (void)state;
+    assert_true(lk_common_passwords_count >= 10000);
+    assert_int_equal(lk_password_is_common("password", 8), 1);
+    assert_int_equal(lk_password_is_common("PassWord", 8), 1);
+    assert_int_equal(lk_password_is_common("12345678", 8), 1);
+    assert_int_equal(lk_password_is_common("password1x", 9), 1); /* "password1" prefix */
+    assert_int_equal(lk_password_is_common("password1x", 10), 0);
+    assert_int_equal(lk_password_is_common("correct horse battery staple", 28), 0);
+    /* Every entry of the list is found (the binary search agrees with the array order). */
+    for (size_t i = 0; i < lk_common_passwords_count; i++)
+        assert_int_equal(lk_password_is_common(lk_common_passwords[i],
+                                               strlen(lk_common_passwords[i])), 1);
+    for (size_t i = 1; i < lk_common_passwords_count; i++)
+        assert_true(strcmp(lk_common_passwords[i - 1], lk_common_passwords[i]) < 0);
+}
+
+static void test_password_policy(void **state)
+{
+    (void)state;
+    const char *reason = NULL;
+    const char *email = "alice.smith@example.com";
+    assert_int_equal(lk_password_policy("alice.smith@example.com", 23, email, &reason), LK_EINVAL);
+    assert_non_null(reason);
+    reason = NULL;
+    assert_int_equal(lk_password_policy("ALICE.SMITH", 11, email, &reason), LK_EINVAL);
+    assert_non_null(strstr(reason, "email"));
+    assert_int_equal(lk_password_policy("iloveyou", 8, email, &reason), LK_EINVAL);
+    assert_non_null(strstr(reason, "common"));
+    reason = NULL;
+    assert_int_equal(lk_password_policy("alice.smith!", 12, email, &reason), 0);
+    assert_int_equal(lk_password_policy("correct horse battery", 21, email, &reason), 0);
+    assert_int_equal(lk_password_policy("correct horse battery", 21, NULL, &reason), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -438,6 +501,9 @@ int main(void)
         cmocka_unit_test(test_password_invalid_utf8),
         cmocka_unit_test(test_hostile_random),
         cmocka_unit_test(test_utf8_exhaustive),
+        cmocka_unit_test(test_password_nfkc),
+        cmocka_unit_test(test_password_common),
+        cmocka_unit_test(test_password_policy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

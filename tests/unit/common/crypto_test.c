@@ -241,6 +241,38 @@ static void test_wipe_equal(void **state)
     lk_wipe(NULL, 10);
 }
 
+
+static void test_password_params_and_rehash(void **state)
+{
+    (void)state;
+    char h[LK_PWHASH_MAX];
+    size_t mem_min = crypto_pwhash_MEMLIMIT_MIN;
+    assert_int_equal(lk_password_hash("a long password", 15, 1, mem_min, h), 0);
+    uint64_t ops;
+    size_t mem;
+    uint32_t lanes;
+    assert_int_equal(lk_password_params(h, &ops, &mem, &lanes), 0);
+    assert_int_equal(ops, 1);
+    assert_int_equal(mem, mem_min);
+    assert_int_equal(lanes, 1);
+    assert_int_equal(lk_password_needs_rehash(h, 1, mem_min), 0);
+    assert_int_equal(lk_password_needs_rehash(h, 2, mem_min), 1);
+    assert_int_equal(lk_password_needs_rehash(h, 1, mem_min * 2), 1);
+    assert_int_equal(lk_password_needs_rehash("garbage", 1, mem_min), LK_EINVAL);
+    /* The ceiling refuses before hashing; within it, verification proceeds. */
+    assert_int_equal(lk_password_verify_capped(h, "a long password", 15, 1, mem_min), 0);
+    assert_int_equal(lk_password_verify_capped(h, "wrong password!", 15, 1, mem_min), LK_EINVAL);
+    assert_int_equal(lk_password_verify_capped(h, "a long password", 15, 1, mem_min - 1024), LK_ETOOBIG);
+    assert_int_equal(lk_password_verify_capped(h, "a long password", 15, 0, mem_min), LK_ETOOBIG);
+    /* A tampered row claiming 4 TiB and 2^32-1 passes is refused without any allocation. */
+    const char *tampered = "$argon2id$v=19$m=4294967295,t=4294967295,p=1$c2FsdHNhbHRzYWx0$aGFzaA";
+    assert_int_equal(lk_password_verify_capped(tampered, "x", 1, 10, (size_t)1 << 30), LK_ETOOBIG);
+    const char *bad[] = {"$argon2id$v=19$m=,t=1,p=1$x$y", "$argon2id$v=19$m=99999999999,t=1,p=1$x$y",
+                         "$argon2id$v=19$t=1,m=8,p=1$x$y", "$argon2i$v=19$m=8,t=1,p=1$x$y", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(lk_password_params(bad[i], &ops, &mem, &lanes), LK_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -249,6 +281,7 @@ int main(void)
         cmocka_unit_test(test_token_malformed),      cmocka_unit_test(test_password_round_trip),
         cmocka_unit_test(test_password_cost_bounds), cmocka_unit_test(test_password_garbage_stored),
         cmocka_unit_test(test_wipe_equal),
+        cmocka_unit_test(test_password_params_and_rehash),
     };
     return cmocka_run_group_tests(tests, s_setup, NULL);
 }
