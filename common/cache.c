@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #define S_DB_NAME "sessions"
+#define S_TDB_NAME "throttle"
 #define S_KEY_LEN 32
 
 /* Value layout, little-endian whatever the host, so a cache file means the same thing to
@@ -34,6 +35,8 @@
 struct lk_cache {
     MDB_env *env;
     MDB_dbi dbi;
+    MDB_dbi tdbi;     /* "throttle": counters keyed by a 32-byte hash (see cache.h) */
+    int has_tdbi;
     /* The one read transaction of this handle, kept reset between lookups: renew costs a
      * few loads and stores on the reader slot it already owns, where begin/abort would
      * allocate and search the reader table on every validate. NULL until first needed or
@@ -155,6 +158,16 @@ static int s_open_dbi(lk_cache_t *self, const char *path)
             return -ENOENT;
         }
         lk_error("cache: open database '" S_DB_NAME "' in %s: %s", path, mdb_strerror(rc));
+        return s_open_err(rc);
+    }
+    /* The throttling counters: created with the environment; a reader that finds none (an
+     * environment made by an older build) simply has no throttle handle. */
+    rc = mdb_dbi_open(txn, S_TDB_NAME, self->readonly ? 0 : MDB_CREATE, &self->tdbi);
+    if (rc == 0)
+        self->has_tdbi = 1;
+    else if (!(rc == MDB_NOTFOUND && self->readonly)) {
+        mdb_txn_abort(txn);
+        lk_error("cache: open database '" S_TDB_NAME "' in %s: %s", path, mdb_strerror(rc));
         return s_open_err(rc);
     }
     rc = mdb_txn_commit(txn);
@@ -430,4 +443,118 @@ int lk_cache_reader_check(lk_cache_t *self, int *dead)
         return LK_ECACHE;
     }
     return 0;
+}
+
+/* Throttle record, little-endian:
+ *   [0]      format version (S_TFORMAT)
+ *   [1..4]   attempts counted since the last reset, uint32
+ *   [5..12]  locked_until_ms, int64 (0: not locked)
+ *   [13..20] updated_ms, int64 (for the sweep of stale records) */
+#define S_TFORMAT 1
+#define S_TLEN 21
+
+int lk_cache_throttle_acquire(lk_cache_t *self, const uint8_t key[32], int64_t now_ms,
+                              uint32_t limit, int64_t base_ms, int64_t cap_ms, int64_t *retry_ms)
+{
+    if (!self->has_tdbi)
+        return -EPERM;
+    MDB_txn *txn;
+    int rc = s_write_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)key}, v;
+    uint32_t attempts = 0;
+    int64_t locked_until = 0;
+    rc = mdb_get(txn, self->tdbi, &k, &v);
+    if (rc == 0 && v.mv_size == S_TLEN && ((const uint8_t *)v.mv_data)[0] == S_TFORMAT) {
+        const uint8_t *p = v.mv_data;
+        attempts = (uint32_t)p[1] | (uint32_t)p[2] << 8 | (uint32_t)p[3] << 16 | (uint32_t)p[4] << 24;
+        locked_until = s_get_i64(p + 5);
+    } else if (rc != 0 && rc != MDB_NOTFOUND) {
+        return s_write_fail(txn, rc, "throttle get");
+    }
+    /* The check and the count are one write transaction: LMDB serializes writers across
+     * every process of the host, so N workers racing on one email cannot all pass the
+     * check before any of them counts. */
+    if (now_ms < locked_until) {
+        mdb_txn_abort(txn);
+        *retry_ms = locked_until - now_ms;
+        return LK_ELIMITED;
+    }
+    if (attempts < UINT32_MAX)
+        attempts++;
+    if (limit > 0 && attempts >= limit) {
+        uint32_t shift = attempts - limit;
+        int64_t lock = shift >= 30 ? cap_ms : base_ms << shift;
+        locked_until = now_ms + (lock > cap_ms ? cap_ms : lock);
+    }
+    uint8_t buf[S_TLEN];
+    buf[0] = S_TFORMAT;
+    for (int i = 0; i < 4; i++)
+        buf[1 + i] = (uint8_t)(attempts >> (8 * i));
+    s_put_i64(buf + 5, locked_until);
+    s_put_i64(buf + 13, now_ms);
+    v.mv_size = S_TLEN;
+    v.mv_data = buf;
+    rc = mdb_put(txn, self->tdbi, &k, &v, 0);
+    if (rc != 0)
+        return s_write_fail(txn, rc, "throttle put");
+    *retry_ms = 0;
+    return s_commit(txn, "throttle commit");
+}
+
+int lk_cache_throttle_reset(lk_cache_t *self, const uint8_t key[32])
+{
+    if (!self->has_tdbi)
+        return -EPERM;
+    MDB_txn *txn;
+    int rc = s_write_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)key};
+    rc = mdb_del(txn, self->tdbi, &k, NULL);
+    if (rc == MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return 0;
+    }
+    if (rc != 0)
+        return s_write_fail(txn, rc, "throttle del");
+    return s_commit(txn, "throttle commit");
+}
+
+int lk_cache_throttle_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed)
+{
+    *removed = 0;
+    if (!self->has_tdbi)
+        return -EPERM;
+    MDB_txn *txn;
+    int rc = s_write_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_cursor *cur;
+    rc = mdb_cursor_open(txn, self->tdbi, &cur);
+    if (rc != 0)
+        return s_write_fail(txn, rc, "throttle cursor");
+    size_t n = 0;
+    MDB_val k, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    while (rc == 0 && n < max) {
+        const uint8_t *p = v.mv_data;
+        int stale = v.mv_size != S_TLEN || p[0] != S_TFORMAT ||
+                    (s_get_i64(p + 13) < before_ms && s_get_i64(p + 5) < before_ms);
+        if (stale) {
+            rc = mdb_cursor_del(cur, 0);
+            if (rc != 0)
+                break;
+            n++;
+        }
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return s_write_fail(txn, rc, "throttle sweep");
+    rc = s_commit(txn, "throttle sweep commit");
+    if (rc == 0)
+        *removed = n;
+    return rc;
 }

@@ -60,6 +60,29 @@ int lk_cache_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *remo
 /* Counts live entries (for metrics and tests). Returns 0 or LK_ECACHE. */
 int lk_cache_count(lk_cache_t *self, size_t *count) LK_WUR;
 
+/* Throttling counters (named database "throttle"), keyed by a 32-byte hash the caller
+ * derives (e.g. BLAKE2b of a domain tag and the normalized email), shared by every process
+ * of the host.
+ *
+ * lk_cache_throttle_acquire: one attempt is about to be made for key at now_ms. In one
+ * write transaction (LMDB serializes writers across processes, so this is race-free): if
+ * the key is locked, returns LK_ELIMITED with *retry_ms set to the time left; otherwise
+ * counts the attempt, and when the count reaches limit (0: never) locks the key for
+ * base_ms doubled per attempt beyond the limit, at most cap_ms; returns 0 (proceed).
+ * An attempt is counted before it is made: call lk_cache_throttle_reset() after a success.
+ * So with N attempts racing, exactly limit get through before the lock. Read-only handles
+ * get -EPERM. */
+int lk_cache_throttle_acquire(lk_cache_t *self, const uint8_t key[32], int64_t now_ms,
+                              uint32_t limit, int64_t base_ms, int64_t cap_ms,
+                              int64_t *retry_ms) LK_WUR;
+
+/* Forgets key's count (after a success). Returns 0 (also when absent) or LK_ECACHE. */
+int lk_cache_throttle_reset(lk_cache_t *self, const uint8_t key[32]) LK_WUR;
+
+/* Deletes up to max records neither updated nor locked since before_ms (the sweeper).
+ * *removed gets the count. Returns 0 or LK_ECACHE. */
+int lk_cache_throttle_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed) LK_WUR;
+
 /* Clears reader slots left by dead processes; *dead gets how many. Returns 0 or LK_ECACHE. */
 int lk_cache_reader_check(lk_cache_t *self, int *dead) LK_WUR;
 

@@ -17,6 +17,7 @@ const char *lk_strerror(int code)
     case LK_EVERSION: return "protocol version mismatch";
     case LK_EEXPIRED: return "expired";
     case LK_EINVAL: return "invalid value";
+    case LK_ELIMITED: return "throttled";
     default: break;
     }
     if (code < 0 && code > LK_EBASE)

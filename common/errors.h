@@ -23,7 +23,8 @@ enum lk_err {
     LK_EVERSION = -10009,    /* protocol version mismatch */
     LK_EEXPIRED = -10010,    /* deadline passed or session expired */
     LK_EINVAL = -10011,      /* invalid argument value (bad email, weak password...) */
-    LK_ELAST = -10012
+    LK_ELIMITED = -10012,    /* throttled or rate-limited: try again later */
+    LK_ELAST = -10013
 };
 
 /* Returns a static string for a code from this file or a -errno. Never NULL. */

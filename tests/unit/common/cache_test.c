@@ -479,8 +479,97 @@ static void test_reader_check(void **state)
     lk_cache_destroy(&c);
 }
 
+static void test_throttle_sequence(void **state)
+{
+    struct fixture *f = *state;
+    lk_cache_t *c = s_open_rw(f->env, MAP);
+    uint8_t k[32], other[32];
+    s_hash(k, 7);
+    s_hash(other, 8);
+    int64_t retry = -1, now = 1000000;
+    /* limit 5: five attempts proceed, the fifth sets a 1 s lock. */
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(lk_cache_throttle_acquire(c, k, now, 5, 1000, 900000, &retry), 0);
+        assert_int_equal(retry, 0);
+    }
+    assert_int_equal(lk_cache_throttle_acquire(c, k, now + 10, 5, 1000, 900000, &retry), LK_ELIMITED);
+    assert_int_equal(retry, 990);
+    /* Other keys are untouched. */
+    assert_int_equal(lk_cache_throttle_acquire(c, other, now, 5, 1000, 900000, &retry), 0);
+    /* After the lock: one more attempt, and the lock doubles. */
+    now += 1000;
+    assert_int_equal(lk_cache_throttle_acquire(c, k, now, 5, 1000, 900000, &retry), 0);
+    assert_int_equal(lk_cache_throttle_acquire(c, k, now + 1999, 5, 1000, 900000, &retry), LK_ELIMITED);
+    assert_int_equal(retry, 1);
+    /* Growth is capped. */
+    for (int i = 0; i < 40; i++) {
+        now += 1000000;
+        assert_int_equal(lk_cache_throttle_acquire(c, k, now, 5, 1000, 900000, &retry), 0);
+    }
+    assert_int_equal(lk_cache_throttle_acquire(c, k, now, 5, 1000, 900000, &retry), LK_ELIMITED);
+    assert_int_equal(retry, 900000);
+    /* A success resets. */
+    assert_int_equal(lk_cache_throttle_reset(c, k), 0);
+    assert_int_equal(lk_cache_throttle_reset(c, k), 0);
+    assert_int_equal(lk_cache_throttle_acquire(c, k, now, 5, 1000, 900000, &retry), 0);
+    /* The sweep drops records neither updated nor locked since before_ms. */
+    size_t removed = 0;
+    assert_int_equal(lk_cache_throttle_sweep(c, now - 1, 100, &removed), 0);
+    assert_int_equal(removed, 1); /* "other", last touched at the start */
+    assert_int_equal(lk_cache_throttle_sweep(c, now + 1, 100, &removed), 0);
+    assert_int_equal(removed, 1);
+    lk_cache_destroy(&c);
+
+    /* Read-only handles cannot count. */
+    lk_cache_t *ro = NULL;
+    assert_int_equal(lk_cache_open(f->env, 0, 1, &ro), 0);
+    assert_int_equal(lk_cache_throttle_acquire(ro, k, now, 5, 1000, 900000, &retry), -EPERM);
+    lk_cache_destroy(&ro);
+}
+
+/* 8 processes race 20 attempts each on one key: exactly the limit gets through. */
+static void test_throttle_race(void **state)
+{
+    struct fixture *f = *state;
+    lk_cache_t *c = s_open_rw(f->env, MAP);
+    lk_cache_destroy(&c);
+    uint8_t k[32];
+    s_hash(k, 99);
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pids[8];
+    for (int p = 0; p < 8; p++) {
+        pids[p] = fork();
+        assert_true(pids[p] >= 0);
+        if (pids[p] == 0) {
+            close(pipefd[0]);
+            lk_cache_t *w = NULL;
+            if (lk_cache_open(f->env, MAP, 0, &w) != 0)
+                _exit(1);
+            uint8_t passed = 0;
+            for (int i = 0; i < 20; i++) {
+                int64_t retry;
+                if (lk_cache_throttle_acquire(w, k, 5000000, 5, 60000, 900000, &retry) == 0)
+                    passed++;
+            }
+            lk_cache_destroy(&w);
+            _exit(write(pipefd[1], &passed, 1) == 1 ? 0 : 1);
+        }
+    }
+    close(pipefd[1]);
+    int total = 0;
+    for (int p = 0; p < 8; p++)
+        s_wait_ok(pids[p]);
+    uint8_t b;
+    while (read(pipefd[0], &b, 1) == 1)
+        total += b;
+    close(pipefd[0]);
+    assert_int_equal(total, 5);
+}
+
 int main(void)
 {
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, s_setup, s_teardown)
     const struct CMUnitTest tests[] = {
         T(test_put_get_del),
@@ -492,6 +581,8 @@ int main(void)
         T(test_corrupt_values),
         T(test_map_full),
         T(test_reader_check),
+        T(test_throttle_sequence),
+        T(test_throttle_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
