@@ -43,6 +43,9 @@ enum s_stmt {
     S_SESSION_INSERT,
     S_SESSION_DELETE,
     S_SESSIONS_EXPIRE,
+    S_SESSIONS_EXPIRE_RETURNING,
+    S_USER_SESSIONS_DELETE,
+    S_SESSIONS_LIVE_PAGE,
     S_PING,
     S_NSTMT
 };
@@ -80,6 +83,29 @@ static const struct s_stmt_def {
                            "WHERE expires_at < to_timestamp($1::double precision / 1000) "
                            "LIMIT $2)",
                            2},
+    /* The sweeper's form: the hashes come back so the very same entries leave the cache. */
+    [S_SESSIONS_EXPIRE_RETURNING] = {"lk_sessions_expire_returning",
+                                     "DELETE FROM user_sessions WHERE token_hash IN ("
+                                     "SELECT token_hash FROM user_sessions "
+                                     "WHERE expires_at < to_timestamp($1::double precision / 1000) "
+                                     "LIMIT $2) RETURNING encode(token_hash, 'hex')",
+                                     2},
+    /* signout-all and disabling a user; rides user_sessions_user_id_expires_at_idx. */
+    [S_USER_SESSIONS_DELETE] = {"lk_user_sessions_delete",
+                                "DELETE FROM user_sessions WHERE user_id = $1::uuid "
+                                "RETURNING encode(token_hash, 'hex')",
+                                1},
+    /* Cache warm-up, one page at a time in token-hash order (keyset pagination on the
+     * primary key, so each page is an index range scan however deep the walk is). */
+    [S_SESSIONS_LIVE_PAGE] = {"lk_sessions_live_page",
+                              "SELECT encode(s.token_hash, 'hex'), s.user_id::text, u.email, "
+                              "(extract(epoch FROM s.created_at) * 1000)::bigint, "
+                              "(extract(epoch FROM s.expires_at) * 1000)::bigint "
+                              "FROM user_sessions s JOIN users u ON u.id = s.user_id "
+                              "WHERE s.token_hash > $1 "
+                              "AND s.expires_at > to_timestamp($2::double precision / 1000) "
+                              "ORDER BY s.token_hash LIMIT $3",
+                              3},
     [S_PING] = {"lk_ping", "SELECT 1", 0},
 };
 
@@ -726,4 +752,131 @@ static void s_log_result_error(PGconn *conn, const PGresult *res, const char *wh
         lk_error("db: %s: unexpected result %s", what, PQresStatus(PQresultStatus(res)));
     else
         lk_error("db: %s failed: %s", what, buf);
+}
+
+/* ---- hash lists ---- */
+
+static int s_hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Decodes 64 lowercase hex characters (encode(..., 'hex') of a 32-byte hash). */
+static int s_unhex32(const char *s, uint8_t out[32])
+{
+    if (strlen(s) != 64)
+        return -1;
+    for (int i = 0; i < 32; i++) {
+        int hi = s_hex_nibble(s[2 * i]), lo = s_hex_nibble(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+/* Copies column 0 (hex hashes) of r into hashes (capacity cap); *n gets the count. */
+static int s_hashes(PGresult *r, uint8_t (*hashes)[32], int cap, int *n)
+{
+    int rows = PQntuples(r);
+    *n = 0;
+    for (int i = 0; i < rows && i < cap; i++) {
+        if (s_unhex32(PQgetvalue(r, i, 0), hashes[i]) != 0) {
+            lk_error("db: malformed token hash from Postgres");
+            return LK_EDB;
+        }
+        (*n)++;
+    }
+    return 0;
+}
+
+int lk_db_sessions_expire_hashes(lk_db_t *self, int64_t before_ms, int limit,
+                                 uint8_t (*hashes)[32], int *n)
+{
+    *n = 0;
+    if (limit <= 0)
+        return 0;
+    char before[24], lim[16];
+    snprintf(before, sizeof before, "%" PRId64, before_ms);
+    snprintf(lim, sizeof lim, "%d", limit);
+    const char *values[2] = {before, lim};
+    PGresult *r;
+    int retried;
+    int rc = s_exec(self, S_SESSIONS_EXPIRE_RETURNING, values, NULL, NULL, PGRES_TUPLES_OK, &r,
+                    &retried);
+    if (rc == 0)
+        rc = s_hashes(r, hashes, limit, n);
+    PQclear(r);
+    return rc == 0 ? 0 : LK_EDB;
+}
+
+int lk_db_user_sessions_delete(lk_db_t *self, const char *user_id, uint8_t (*hashes)[32], int cap,
+                               int *n)
+{
+    *n = 0;
+    const char *values[1] = {user_id};
+    PGresult *r;
+    int retried;
+    int rc = s_exec(self, S_USER_SESSIONS_DELETE, values, NULL, NULL, PGRES_TUPLES_OK, &r, &retried);
+    if (rc == 0 && PQntuples(r) > cap) {
+        lk_error("db: %d sessions deleted for one user, more than the %d the caller can hold",
+                 PQntuples(r), cap);
+        rc = LK_ETOOBIG;
+    }
+    if (rc == 0)
+        rc = s_hashes(r, hashes, cap, n);
+    PQclear(r);
+    return rc == 0 ? 0 : (rc == LK_ETOOBIG ? rc : LK_EDB);
+}
+
+int lk_db_sessions_live_page(lk_db_t *self, const uint8_t after[32], int64_t now_ms, int limit,
+                             lk_db_session_cb cb, void *arg, int *n)
+{
+    *n = 0;
+    char after_lit[2 + 64 + 1], now[24], lim[16];
+    static const char hex[] = "0123456789abcdef";
+    after_lit[0] = '\\';
+    after_lit[1] = 'x';
+    for (int i = 0; i < 32; i++) {
+        after_lit[2 + 2 * i] = hex[after[i] >> 4];
+        after_lit[3 + 2 * i] = hex[after[i] & 15];
+    }
+    after_lit[66] = '\0';
+    snprintf(now, sizeof now, "%" PRId64, now_ms);
+    snprintf(lim, sizeof lim, "%d", limit);
+    const char *values[3] = {after_lit, now, lim};
+    PGresult *r;
+    int retried;
+    int rc = s_exec(self, S_SESSIONS_LIVE_PAGE, values, NULL, NULL, PGRES_TUPLES_OK, &r, &retried);
+    if (rc != 0) {
+        PQclear(r);
+        return LK_EDB;
+    }
+    int rows = PQntuples(r);
+    for (int i = 0; i < rows; i++) {
+        uint8_t hash[32];
+        struct lk_db_session s;
+        memset(&s, 0, sizeof s);
+        if (s_unhex32(PQgetvalue(r, i, 0), hash) != 0 ||
+            lk_uuid_parse(PQgetvalue(r, i, 1), s.user_id) != 0 ||
+            lk_strlcpy(s.email, PQgetvalue(r, i, 2), sizeof s.email) != 0) {
+            lk_error("db: malformed session row from Postgres");
+            PQclear(r);
+            return LK_EDB;
+        }
+        s.created_ms = strtoll(PQgetvalue(r, i, 3), NULL, 10);
+        s.expires_ms = strtoll(PQgetvalue(r, i, 4), NULL, 10);
+        rc = cb(arg, hash, &s);
+        if (rc != 0) {
+            PQclear(r);
+            return rc;
+        }
+        (*n)++;
+    }
+    PQclear(r);
+    return 0;
 }

@@ -59,4 +59,35 @@ int lk_db_session_delete(lk_db_t *self, const uint8_t hash[32]) LK_WUR;
  * the count. Returns 0 or LK_EDB. */
 int lk_db_sessions_expire(lk_db_t *self, int64_t before_ms, int limit, int *deleted) LK_WUR;
 
+/* The sweeper's expiry: like lk_db_sessions_expire, and the deleted rows' token hashes
+ * are copied into hashes (capacity limit) so the same entries can leave the cache.
+ * *n gets the count. Returns 0 or LK_EDB. */
+int lk_db_sessions_expire_hashes(lk_db_t *self, int64_t before_ms, int limit,
+                                 uint8_t (*hashes)[32], int *n) LK_WUR;
+
+/* Deletes every session of a user (signout-all, disable) and copies their token hashes
+ * into hashes (capacity cap); *n gets the count. user_id is a canonical uuid string.
+ * Returns 0, LK_ETOOBIG when more than cap were deleted (the rows are gone; the caller
+ * must fall back to a cache sweep by user), or LK_EDB. */
+int lk_db_user_sessions_delete(lk_db_t *self, const char *user_id, uint8_t (*hashes)[32], int cap,
+                               int *n) LK_WUR;
+
+struct lk_db_session {
+    uint8_t user_id[16];
+    char email[255];
+    int64_t created_ms;
+    int64_t expires_ms;
+};
+
+/* Called once per row by lk_db_sessions_live_page; a non-zero return stops the walk and
+ * is returned. hash and s are borrowed for the call. */
+typedef int (*lk_db_session_cb)(void *arg, const uint8_t hash[32], const struct lk_db_session *s);
+
+/* One page of the sessions live at now_ms whose token hash sorts after `after` (all zero
+ * bytes to start), in token-hash order, at most limit rows: cb is called per row and *n
+ * gets the count. The caller continues from the last hash seen while *n == limit.
+ * Returns 0, LK_EDB, or cb's non-zero value. */
+int lk_db_sessions_live_page(lk_db_t *self, const uint8_t after[32], int64_t now_ms, int limit,
+                             lk_db_session_cb cb, void *arg, int *n) LK_WUR;
+
 #endif

@@ -583,6 +583,105 @@ static void test_insert_retry_is_idempotent(void **state)
                      LK_EEXISTS);
 }
 
+static int s_collect(void *arg, const uint8_t hash[32], const struct lk_db_session *s)
+{
+    struct {
+        uint8_t hashes[64][32];
+        struct lk_db_session rows[64];
+        int n;
+    } *acc = arg;
+    if (acc->n >= 64)
+        return -E2BIG;
+    memcpy(acc->hashes[acc->n], hash, 32);
+    acc->rows[acc->n++] = *s;
+    return 0;
+}
+
+/* The sweeper's and signout-all's forms: the deleted hashes come back; the live-session
+ * walk pages in hash order and sees exactly the live rows with their user's email. */
+static void test_hash_lists(void **state)
+{
+    NEED_DB(c);
+    assert_int_equal(lk_db_migrate(c->db, c->sql_dir), 0);
+    s_exec_ok(c->admin, "DELETE FROM user_sessions WHERE expires_at < to_timestamp(100)");
+    uint8_t uid[16], uid2[16], h[32];
+    s_new_user(c, "lists", uid);
+    s_new_user(c, "lists2", uid2);
+    int64_t now = lk_now_ms();
+    uint8_t expired[3][32];
+    for (int i = 0; i < 3; i++) {
+        s_session_hash(c, 300 + i, expired[i]);
+        assert_int_equal(lk_db_session_insert(c->db, expired[i], uid, 0, 1000 + i), 0);
+    }
+    uint8_t live[5][32];
+    for (int i = 0; i < 5; i++) {
+        s_session_hash(c, 400 + i, live[i]);
+        assert_int_equal(lk_db_session_insert(c->db, live[i], i < 3 ? uid : uid2, now, now + 3600000),
+                         0);
+    }
+    uint8_t got[8][32];
+    int n = -1;
+    assert_int_equal(lk_db_sessions_expire_hashes(c->db, 100000, 2, got, &n), 0);
+    assert_int_equal(n, 2);
+    int n2 = -1;
+    assert_int_equal(lk_db_sessions_expire_hashes(c->db, 100000, 8, got + 2, &n2), 0);
+    assert_int_equal(n2, 1);
+    for (int i = 0; i < 3; i++) {
+        int found = 0;
+        for (int j = 0; j < 3; j++)
+            found += memcmp(got[j], expired[i], 32) == 0;
+        assert_int_equal(found, 1);
+    }
+
+    /* Walk the live sessions in pages of 2, keeping only ours (the database may hold others). */
+    struct {
+        uint8_t hashes[64][32];
+        struct lk_db_session rows[64];
+        int n;
+    } acc;
+    memset(&acc, 0, sizeof acc);
+    uint8_t after[32];
+    memset(after, 0, sizeof after);
+    int pages = 0;
+    for (;;) {
+        int before = acc.n;
+        assert_int_equal(lk_db_sessions_live_page(c->db, after, now, 2, s_collect, &acc, &n), 0);
+        pages++;
+        if (n < 2)
+            break;
+        memcpy(after, acc.hashes[acc.n - 1], 32);
+        assert_true(acc.n - before == 2);
+        if (acc.n > 60)
+            break; /* a shared database with many sessions: enough for the ordering checks */
+    }
+    assert_true(pages >= 3);
+    for (int i = 1; i < acc.n; i++)
+        assert_true(memcmp(acc.hashes[i - 1], acc.hashes[i], 32) < 0);
+    int ours = 0;
+    for (int i = 0; i < acc.n; i++)
+        for (int j = 0; j < 5; j++)
+            if (memcmp(acc.hashes[i], live[j], 32) == 0) {
+                ours++;
+                assert_memory_equal(acc.rows[i].user_id, j < 3 ? uid : uid2, 16);
+                assert_true(acc.rows[i].expires_ms == now + 3600000);
+                assert_non_null(strstr(acc.rows[i].email, "@"));
+            }
+    if (acc.n <= 60)
+        assert_int_equal(ours, 5);
+
+    /* signout-all: the user's three sessions go, the other user's two stay. */
+    char uid_s[37];
+    lk_uuid_format(uid, uid_s);
+    assert_int_equal(lk_db_user_sessions_delete(c->db, uid_s, got, 8, &n), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(lk_db_user_sessions_delete(c->db, uid_s, got, 8, &n), 0);
+    assert_int_equal(n, 0);
+    char uid2_s[37];
+    lk_uuid_format(uid2, uid2_s);
+    assert_int_equal(lk_db_user_sessions_delete(c->db, uid2_s, got, 1, &n), LK_ETOOBIG);
+    (void)h;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -595,6 +694,7 @@ int main(void)
         cmocka_unit_test(test_expire),
         cmocka_unit_test(test_reconnect),
         cmocka_unit_test(test_insert_retry_is_idempotent),
+        cmocka_unit_test(test_hash_lists),
     };
     return cmocka_run_group_tests(tests, s_group_setup, s_group_teardown);
 }
