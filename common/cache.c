@@ -435,6 +435,35 @@ int lk_cache_count(lk_cache_t *self, size_t *count)
     return 0;
 }
 
+/* mdb_reader_list's callback: one line per reader slot in use, after a header line. */
+static int s_count_reader(const char *msg, void *ctx)
+{
+    while (*msg == ' ')
+        msg++;
+    if (*msg >= '0' && *msg <= '9')
+        ++*(unsigned *)ctx;
+    return 0;
+}
+
+int lk_cache_stats(lk_cache_t *self, struct lk_cache_stats *out)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    int rc = mdb_env_info(self->env, &info);
+    if (rc == 0)
+        rc = mdb_env_stat(self->env, &st);
+    if (rc != 0) {
+        lk_error("cache: env info: %s", mdb_strerror(rc));
+        return LK_ECACHE;
+    }
+    out->map_size = info.me_mapsize;
+    out->used = (info.me_last_pgno + 1) * (size_t)st.ms_psize;
+    out->readers = 0; /* me_numreaders is a high-water mark: count the slots in use */
+    (void)mdb_reader_list(self->env, s_count_reader, &out->readers);
+    out->max_readers = info.me_maxreaders;
+    return lk_cache_count(self, &out->sessions);
+}
+
 int lk_cache_reader_check(lk_cache_t *self, int *dead)
 {
     int rc = mdb_reader_check(self->env, dead);

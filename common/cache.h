@@ -60,6 +60,18 @@ int lk_cache_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *remo
 /* Counts live entries (for metrics and tests). Returns 0 or LK_ECACHE. */
 int lk_cache_count(lk_cache_t *self, size_t *count) LK_WUR;
 
+/* The environment's size and use, for metrics. */
+struct lk_cache_stats {
+    size_t map_size;     /* bytes the map may grow to */
+    size_t used;         /* bytes of the pages up to the last one used */
+    size_t sessions;     /* entries of the sessions database (as lk_cache_count) */
+    unsigned readers;    /* reader slots in use (dead processes' included until cleared) */
+    unsigned max_readers;
+};
+
+/* Fills *out. Returns 0 or LK_ECACHE. */
+int lk_cache_stats(lk_cache_t *self, struct lk_cache_stats *out) LK_WUR;
+
 /* Throttling counters (named database "throttle"), keyed by a 32-byte hash the caller
  * derives (e.g. BLAKE2b of a domain tag and the normalized email), shared by every process
  * of the host.

@@ -70,6 +70,13 @@ static const struct s_key s_keys[] = {
           "largest body of a batch endpoint; past it: 413"),
     S_ROW(gateway, header_timeout, header_timeout_ms, S_DUR, "10s", 1, 100, S_HOUR,
           "time allowed to receive the request headers; past it: 408"),
+    S_ROW(gateway, body_min_rate, body_min_rate, S_SIZE, "100", 0, 0, S_GIB,
+          "bytes per second a request body must average once body_grace is over; below "
+          "it: 408 (0 = no minimum)"),
+    S_ROW(gateway, body_grace, body_grace_ms, S_DUR, "10s", 0, 0, S_HOUR,
+          "time a request body may take before body_min_rate applies"),
+    S_ROW(gateway, cors_origins, cors_origins, S_STR, "", 0, 0, 0,
+          "comma-separated origins (scheme://host[:port]) allowed by CORS; empty = CORS off"),
     S_ROW(gateway, idle_timeout, idle_timeout_ms, S_DUR, "60s", 1, 100, 24 * S_HOUR,
           "idle keep-alive connections are closed after this"),
     S_ROW(gateway, route_timeout, route_timeout_ms, S_DUR, "30s", 1, 100, S_HOUR,
@@ -118,6 +125,9 @@ static const struct s_key s_keys[] = {
     S_ROW(metrics, endpoint, endpoint, S_STR, "", 0, 0, 0,
           "ZeroMQ PULL endpoint of the metrics collector; empty = "
           "ipc://<paths.var>/run/metrics.ipc"),
+    S_ROW(metrics, query_endpoint, query_endpoint, S_STR, "", 0, 0, 0,
+          "ZeroMQ ROUTER endpoint of the metrics collector the gateways ask for GET /metrics; "
+          "empty = ipc://<paths.var>/run/metrics-query.ipc"),
 
     S_ROW(supervisor, control, control, S_STR, "", 0, 0, 0,
           "ZeroMQ REP endpoint of latchkeyd for latchkeyctl; empty = "
@@ -133,6 +143,9 @@ static const struct s_key s_keys[] = {
 
     S_ROW(log, level, level, S_LEVEL, "info", 1, 0, 0,
           "least severe level logged: debug, info, warn or error"),
+    S_ROW(log, file, file, S_STR, "", 0, 0, 0,
+          "file every process appends its log lines to, besides stderr; reopened after "
+          "logrotate (SIGUSR1 to latchkeyd; the others within a second); empty = stderr only"),
 };
 
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
@@ -640,6 +653,10 @@ static int s_resolve(struct s_parser *self)
         s_derive(self, c->metrics.endpoint, sizeof c->metrics.endpoint, "metrics.endpoint",
                  "ipc://%s/run/metrics.ipc", var) != 0)
         return LK_ECONFIG;
+    if (!c->metrics.query_endpoint[0] &&
+        s_derive(self, c->metrics.query_endpoint, sizeof c->metrics.query_endpoint,
+                 "metrics.query_endpoint", "ipc://%s/run/metrics-query.ipc", var) != 0)
+        return LK_ECONFIG;
     if (!c->supervisor.control[0] &&
         s_derive(self, c->supervisor.control, sizeof c->supervisor.control,
                  "supervisor.control", "ipc://%s/run/control.ipc", var) != 0)
@@ -649,6 +666,7 @@ static int s_resolve(struct s_parser *self)
         return LK_ECONFIG;
     if (s_check_ipc(self, c->gateway.backend, "gateway.backend") != 0 ||
         s_check_ipc(self, c->metrics.endpoint, "metrics.endpoint") != 0 ||
+        s_check_ipc(self, c->metrics.query_endpoint, "metrics.query_endpoint") != 0 ||
         s_check_ipc(self, c->supervisor.control, "supervisor.control") != 0)
         return LK_ECONFIG;
 

@@ -46,6 +46,11 @@ struct lk_config {
         size_t max_body;                /* bytes of a JSON body; 413 past it */
         size_t max_batch_body;          /* bytes of a batch body; 413 past it */
         int64_t header_timeout_ms;      /* 408 when the headers take longer */
+        size_t body_min_rate;           /* bytes/s a body must average once body_grace is
+                                           over (408 below it); 0 = no minimum */
+        int64_t body_grace_ms;          /* time a body may take before body_min_rate applies */
+        char cors_origins[2048];        /* comma-separated exact origins allowed by CORS;
+                                           empty = CORS off */
         int64_t idle_timeout_ms;        /* idle keep-alive connections closed after this */
         int64_t route_timeout_ms;       /* 504 when no worker answered in time */
         int64_t drain_timeout_ms;       /* SIGTERM: time to finish in-flight requests */
@@ -87,6 +92,7 @@ struct lk_config {
     } sweeper;
     struct {
         char endpoint[LK_ENDPOINT_MAX]; /* ZeroMQ PULL endpoint of the metrics collector */
+        char query_endpoint[LK_ENDPOINT_MAX]; /* its ROUTER: the gateways' GET /metrics */
     } metrics;
     struct {
         char control[LK_ENDPOINT_MAX];  /* ZeroMQ REP endpoint of the supervisor */
@@ -97,6 +103,7 @@ struct lk_config {
     } supervisor;
     struct {
         enum lk_log_level level;
+        char file[LK_PATH_MAX];         /* log file besides stderr; empty = stderr only */
     } log;
 };
 

@@ -2,6 +2,8 @@
  * this file: it becomes LK_ECRYPTO or LK_EINVAL. */
 #include "crypto.h"
 
+#include "metrics.h"
+
 #include <sodium.h>
 #include <string.h>
 
@@ -34,6 +36,17 @@ static int s_is_b64url(unsigned char c)
     /* Spelled out instead of isalnum(): the locale must not widen the alphabet. */
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
            c == '_';
+}
+
+/* latchkey_argon2_duration_seconds{role, op}: op is "hash" or "verify"; the handles are
+ * registered at the first use of each (the role is known by then). */
+static void s_observe(const char *op, uint64_t t0)
+{
+    static lk_metric_t hash, verify;
+    lk_metric_t *m = op[0] == 'h' ? &hash : &verify;
+    if (!*m)
+        *m = LK_METRIC(LKM_ARGON2_DURATION, lk_metrics_role(), op);
+    lk_histogram_observe_us(*m, lk_metrics_now_us() - t0);
 }
 
 int lk_crypto_init(void)
@@ -78,9 +91,10 @@ int lk_password_hash(const char *pw, size_t len, uint64_t ops, size_t mem, char 
     if ((unsigned long long)len > crypto_pwhash_PASSWD_MAX)
         return LK_EINVAL;
     /* libsodium fails here only when it cannot allocate mem bytes (or threads). */
-    if (crypto_pwhash_str_alg(out, pw ? pw : "", len, ops, mem, crypto_pwhash_ALG_ARGON2ID13) != 0)
-        return LK_ECRYPTO;
-    return 0;
+    uint64_t t0 = lk_metrics_now_us();
+    int rc = crypto_pwhash_str_alg(out, pw ? pw : "", len, ops, mem, crypto_pwhash_ALG_ARGON2ID13);
+    s_observe("hash", t0);
+    return rc != 0 ? LK_ECRYPTO : 0;
 }
 
 int lk_password_verify(const char *stored, const char *pw, size_t len)
@@ -99,9 +113,10 @@ int lk_password_verify(const char *stored, const char *pw, size_t len)
         return LK_EINVAL;
     memset(buf, 0, sizeof buf);
     memcpy(buf, stored, n);
-    if (crypto_pwhash_str_verify(buf, pw ? pw : "", len) != 0)
-        return LK_EINVAL;
-    return 0;
+    uint64_t t0 = lk_metrics_now_us();
+    int rc = crypto_pwhash_str_verify(buf, pw ? pw : "", len);
+    s_observe("verify", t0);
+    return rc != 0 ? LK_EINVAL : 0;
 }
 
 void lk_wipe(void *p, size_t len)

@@ -7,6 +7,7 @@
 #include "db.h"
 
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #include <dirent.h>
@@ -22,9 +23,12 @@
 
 /* Session settings, applied at connect and after every reset (a reset is a new backend).
  * Notices below WARNING are noise in the logs; a runaway query or a lock queue must fail
- * the request (the gateway's route timeout is 30 s too) instead of pinning a worker. */
+ * the request (the gateway's route timeout is 30 s too) instead of pinning a worker. A 2xx
+ * promises a durable commit: synchronous_commit is forced on, whatever a role, database or
+ * server setting says. */
 #define S_SETTINGS                                                                                 \
-    "SET client_min_messages = warning; SET statement_timeout = '30s'; SET lock_timeout = '10s'"
+    "SET client_min_messages = warning; SET statement_timeout = '30s'; "                          \
+    "SET lock_timeout = '10s'; SET synchronous_commit = on"
 
 /* pg_advisory_lock key that serializes migrators: the bytes of "lkmigrat". */
 #define S_MIGRATE_LOCK "7812458278078800244"
@@ -35,7 +39,22 @@
 struct lk_db {
     PGconn *conn;
     uint32_t prepared; /* bit i: s_stmts[i] is prepared on the current backend */
+    int counted;       /* in latchkey_pg_connections */
 };
+
+/* latchkey_pg_*{role}: registered at first use (the role is known by then). */
+static struct {
+    lk_metric_t duration, errors, conns;
+} s_m;
+
+static void s_metrics_init(void)
+{
+    if (!s_m.duration) {
+        s_m.duration = LK_METRIC(LKM_PG_QUERY_DURATION, lk_metrics_role());
+        s_m.errors = LK_METRIC(LKM_PG_QUERY_ERRORS, lk_metrics_role());
+        s_m.conns = LK_METRIC(LKM_PG_CONNECTIONS, lk_metrics_role());
+    }
+}
 
 enum s_stmt {
     S_USER_INSERT,
@@ -165,6 +184,9 @@ int lk_db_connect(const char *conninfo, lk_db_t **out)
         lk_db_destroy(&self);
         return LK_EDB;
     }
+    s_metrics_init();
+    lk_gauge_add(s_m.conns, 1);
+    self->counted = 1;
     *out = self;
     return 0;
 }
@@ -174,6 +196,8 @@ void lk_db_destroy(lk_db_t **self_p)
     if (self_p == NULL || *self_p == NULL)
         return;
     lk_db_t *self = *self_p;
+    if (self->counted)
+        lk_gauge_add(s_m.conns, -1);
     PQfinish(self->conn);
     free(self);
     *self_p = NULL;
@@ -259,8 +283,11 @@ static int s_exec(lk_db_t *self, enum s_stmt st, const char *const *values, cons
         int sent = 0;
         PGresult *r = NULL;
         if ((self->prepared & (1u << st)) || s_prepare(self, st, 0) == 0) {
+            uint64_t t0 = lk_metrics_now_us();
             r = PQexecPrepared(self->conn, s_stmts[st].name, s_stmts[st].nparams, values, lengths,
                                formats, 0);
+            s_metrics_init();
+            lk_histogram_observe_us(s_m.duration, lk_metrics_now_us() - t0);
             sent = 1;
         }
         if (r != NULL && PQresultStatus(r) == expect) {
@@ -275,6 +302,7 @@ static int s_exec(lk_db_t *self, enum s_stmt st, const char *const *values, cons
             *retried = sent;
             continue;
         }
+        lk_counter_inc(s_m.errors);
         if (!sent)
             return LK_EDB; /* s_prepare logged why */
         /* A taken unique key is an answer (409, or a retry's own row), not a fault. */

@@ -3,19 +3,76 @@
 #include "errors.h"
 #include "util.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#define S_CHECK_MS 1000 /* how often the log file's path is checked for a rotation */
 
 static const char *s_role = "latchkey";
 static enum lk_log_level s_level = LK_LOG_INFO;
 static const char *const s_names[] = {"debug", "info", "warn", "error"};
+static char s_path[512];  /* the log file; empty: none */
+static int s_fd = -1;
+static dev_t s_dev;       /* of the file s_fd holds open */
+static ino_t s_ino;
+static int64_t s_checked; /* monotonic ms of the last check of s_path */
+
+static int s_open(void);
 
 void lk_log_init(const char *role, enum lk_log_level level)
 {
     s_role = role;
     s_level = level;
+}
+
+int lk_log_file(const char *path)
+{
+    if (s_fd >= 0)
+        close(s_fd);
+    s_fd = -1;
+    s_path[0] = '\0';
+    if (!path || !*path)
+        return 0;
+    if (lk_strlcpy(s_path, path, sizeof s_path) != 0) {
+        s_path[0] = '\0';
+        return -ENAMETOOLONG;
+    }
+    int rc = s_open();
+    if (rc != 0)
+        s_path[0] = '\0';
+    return rc;
+}
+
+void lk_log_reopen(void)
+{
+    if (s_path[0])
+        (void)s_open();
+}
+
+/* (Re)opens s_path; on failure the file open before stays. Returns 0 or -errno. */
+static int s_open(void)
+{
+    struct stat st;
+    int fd = open(s_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    if (s_fd >= 0)
+        close(s_fd);
+    s_fd = fd;
+    s_dev = st.st_dev;
+    s_ino = st.st_ino;
+    s_checked = lk_mono_ms();
+    return 0;
 }
 
 int lk_log_level_parse(const char *s, enum lk_log_level *out)
@@ -56,6 +113,18 @@ static void s_vlog(enum lk_log_level level, const char *rid, const char *fmt, va
     line[o++] = '\n';
     /* One write() so lines from concurrent processes do not interleave. */
     ssize_t w = write(STDERR_FILENO, line, o);
+    (void)w;
+    if (s_fd < 0)
+        return;
+    /* logrotate moved the file (or removed it): follow the path, once a second at most */
+    int64_t now = lk_mono_ms();
+    if (now - s_checked >= S_CHECK_MS) {
+        struct stat st;
+        s_checked = now;
+        if (stat(s_path, &st) != 0 || st.st_dev != s_dev || st.st_ino != s_ino)
+            (void)s_open();
+    }
+    w = write(s_fd, line, o);
     (void)w;
 }
 

@@ -1,4 +1,4 @@
-/* log.h: structured logging, one logfmt line per event on stderr.
+/* log.h: structured logging, one logfmt line per event on stderr (and an optional file).
  *
  *   time=2026-12-04T20:00:00.123Z level=info role=gateway pid=42 rid=abc msg="..." k=v
  *
@@ -8,6 +8,8 @@
 #ifndef LK_LOG_H
 #define LK_LOG_H
 
+#include "errors.h"
+
 #include <stdarg.h>
 
 enum lk_log_level { LK_LOG_DEBUG = 0, LK_LOG_INFO, LK_LOG_WARN, LK_LOG_ERROR };
@@ -15,6 +17,17 @@ enum lk_log_level { LK_LOG_DEBUG = 0, LK_LOG_INFO, LK_LOG_WARN, LK_LOG_ERROR };
 /* Sets the role name printed in every line (borrowed: must outlive the process) and the
  * minimum level. Call once at start; safe to call again (SIGHUP). */
 void lk_log_init(const char *role, enum lk_log_level level);
+
+/* Also appends every line to the file at path (created 0640 when missing), besides
+ * stderr; path NULL or empty: stderr only. path is copied. Each line is one write() to an
+ * O_APPEND descriptor, so the lines of every process sharing the file stay whole. Once a
+ * second at most (at a line), the path is checked: when it names another file than the
+ * one open (logrotate moved it) or none, it is reopened. Returns 0 or -errno (the file
+ * could not be opened: stderr only). */
+int lk_log_file(const char *path) LK_WUR;
+
+/* Reopens the log file now (SIGUSR1 after logrotate). Nothing when there is none. */
+void lk_log_reopen(void);
 
 /* Parses "debug" / "info" / "warn" / "error". Returns 0 or LK_EINVAL. */
 int lk_log_level_parse(const char *s, enum lk_log_level *out);

@@ -3,6 +3,12 @@
  *
  *   latchkeyctl [-c FILE] status | stop | restart ROLE | scale ROLE N
  *
+ *   status      one line per process: role, slot, pid, state, uptime, restarts, jobs done,
+ *               busy (docs/operations.md)
+ *   restart     every process of ROLE (also brings a failed role back; "postgres" when the
+ *               embedded one is marked failed)
+ *   scale       signup or signin to N processes (0..64); nothing else restarts
+ *
  * Exit status: 0 done, 1 refused by latchkeyd, 2 usage, 3 no answer within 5 s.
  */
 #include "codec.h"

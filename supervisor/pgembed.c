@@ -96,9 +96,7 @@ void pgembed_reaped(pgembed_t *self, int status)
 
 int pgembed_restart(pgembed_t *self)
 {
-    char conninfo[LK_PATH_MAX + 96];
-    int rc = s_spawn(self);
-    return rc ? rc : s_wait_ready(self, conninfo, sizeof conninfo);
+    return s_spawn(self);
 }
 
 void pgembed_stop(pgembed_t *self, int64_t timeout_ms)
@@ -279,7 +277,9 @@ static int s_spawn(pgembed_t *self)
     char *argv[] = {postgres, "-D", self->data, "-c", "listen_addresses=", "-c", sockdir,
                     "-c", "unix_socket_permissions=0700",
                     "-c", "shared_preload_libraries=pg_stat_statements",
-                    "-c", "max_connections=200", NULL};
+                    "-c", "max_connections=200",
+                    /* a 2xx means committed and on disk: never let a config file say otherwise */
+                    "-c", "fsync=on", "-c", "synchronous_commit=on", NULL};
     int rc = s_run(self, argv, 1, &self->pid);
     if (rc == 0)
         lk_info("embedded Postgres started (pid %d, log %s)", (int)self->pid, self->log);

@@ -9,7 +9,10 @@
  * - Postgres refuses to run as root. When latchkeyd runs as root, initdb and postgres run
  *   as cfg.postgres.user (created as a system user if missing), which must be able to
  *   traverse every directory above <var>: pgembed_start() checks and says so.
- * - pgembed_start() blocks until the server accepts connections (at most 60 s).
+ * - pgembed_start() blocks until the server accepts connections (at most 60 s);
+ *   pgembed_restart() does not.
+ * - Durability: the server runs with fsync and synchronous_commit forced on, whatever
+ *   postgresql.conf says (and db.c sets synchronous_commit per session too).
  */
 #ifndef LK_PGEMBED_H
 #define LK_PGEMBED_H
@@ -32,8 +35,9 @@ pid_t pgembed_pid(const pgembed_t *self);
 /* Tells pgembed that the postmaster was reaped (status from waitpid). */
 void pgembed_reaped(pgembed_t *self, int status);
 
-/* Starts the postmaster again after it died (cluster already initialized); blocks until
- * it answers. Returns 0 or a negative code. */
+/* Starts the postmaster again after it died (cluster already initialized). Does not wait
+ * for it to answer (crash recovery may take a while; latchkeyd's loop must go on): the
+ * workers' reconnect backoff finds it. Returns 0 or a negative code. */
 int pgembed_restart(pgembed_t *self) LK_WUR;
 
 /* Fast shutdown (SIGINT), then SIGQUIT, then SIGKILL after timeout_ms each; reaps it. */

@@ -11,8 +11,20 @@
  * is the same for all), so the cron finds the expired ones at its head. A job answered
  * without its worker (route timeout) leaves the worker busy with the job's id until the
  * late reply comes (then discarded) or a few heartbeats after the deadline.
+ *
+ * Several gateways (gateway.count > 1): gateway i binds its own endpoint
+ * (lk_gateway_backend) and every worker serves every gateway, one job at a time. A worker
+ * running another gateway's job says so (MSG_WK_HEARTBEAT busy=1) and is "away": off the
+ * idle list until busy=0. A job sent to it just before it said so waits in its socket and
+ * runs next: correct, only slower.
+ *
+ * Malformed input on the backend socket: from a registered worker, the worker is dropped
+ * (its job answered 503); from anyone else, the message is discarded and logged (rate
+ * limited). A frame over LK_MSG_MAX or a broken ZMTP handshake makes libzmq close that
+ * connection (ZMQ_MAXMSGSIZE); a socket monitor logs it.
  */
 #include "gateway.h"
+#include "gwmetrics.h"
 
 #include "check.h"
 #include "crypto.h"
@@ -21,9 +33,15 @@
 #include "util.h"
 #include "zmqutil.h"
 
+#include "worker.h"
+
 #include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define QUEUE_MAX 1024   /* jobs waiting per role; past it: 503 */
@@ -31,6 +49,10 @@
 #define ID_MAX 256       /* a ZeroMQ routing id is at most 255 bytes */
 #define DRAIN_BUDGET 512 /* messages per broker_drain call (the HTTP side gets its turn) */
 #define LIVENESS 3       /* heartbeat intervals of silence that make a worker dead */
+#define STATUS_MS 1000   /* how often latchkeyd hears from us, and we read its failed roles */
+#define FAILED_MAX 8     /* failed roles remembered (latchkeyd has 6 roles) */
+#define PEER_LOG_MAX 20  /* log lines per second about unknown or broken peers */
+#define MONITOR_EP "inproc://lk-backend-monitor"
 
 struct gw_worker {
     struct gw_worker *next, *prev;   /* every worker */
@@ -44,6 +66,7 @@ struct gw_worker {
     int64_t ready_at;   /* mono ms of its READY */
     int db_ok;          /* its latest heartbeat said Postgres answers */
     int hb_seen;        /* it sent a heartbeat since its READY */
+    int away;           /* it runs another gateway's job: not idle, even without ours */
     int gone;           /* its routing id is unreachable: to be dropped */
     uint64_t job_id;    /* the job it works on, 0 when none */
     struct gw_job *job; /* that job, NULL once answered without the worker (timeout) */
@@ -103,11 +126,24 @@ static void s_queue_remove(struct gw_job *j);
 static void s_fail_queue(int role);
 static void s_heartbeats(void);
 static int64_t s_hb(void);
+static void s_monitor_drain(void);
+static void s_failed_read(void);
+static void s_peer_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static const char *const s_roles[GW_NROLES] = {"signup", "signin"};
 
 static struct {
     void *ctx, *sock;
+    void *mon;                       /* PAIR: the backend socket's monitor events */
+    char endpoint[LK_ENDPOINT_MAX];  /* what this gateway bound */
+    lk_status_t *status;
+    uint64_t done;                   /* jobs finished, for latchkeyctl status */
+    int64_t next_status;
+    char failed_path[LK_PATH_MAX + 32];
+    char failed[FAILED_MAX][16];     /* roles latchkeyd marked failed */
+    int nfailed;
+    int64_t peer_log_sec;            /* rate limit of s_peer_log */
+    int peer_log_n;
     struct gw_worker *workers;
     size_t nall;
     int count[GW_NROLES];
@@ -122,10 +158,18 @@ static struct {
 
 int broker_init(void)
 {
-    const char *ep = gw.cfg.gateway.backend;
+    const char *ep = B.endpoint;
     int one = 1, fd, rc;
     size_t sz = sizeof fd;
 
+    int index = lk_gateway_index(&gw.cfg);
+    if (index < 0)
+        lk_fatal("LATCHKEY_GATEWAY_INDEX must be 0..%d (gateway.count - 1)",
+                 gw.cfg.gateway.count - 1);
+    if (lk_gateway_backend(&gw.cfg, index, 0, B.endpoint, sizeof B.endpoint) != 0)
+        lk_fatal("gateway.backend %s: no endpoint for gateway %d of %d", gw.cfg.gateway.backend,
+                 index, gw.cfg.gateway.count);
+    snprintf(B.failed_path, sizeof B.failed_path, "%s/run/failed-roles", gw.cfg.paths.var);
     B.ctx = zmq_ctx_new();
     if (!B.ctx)
         lk_fatal("zmq_ctx_new: %s", zmq_strerror(errno));
@@ -138,6 +182,13 @@ int broker_init(void)
      * that is how a dead worker is noticed at dispatch. */
     if (zmq_setsockopt(B.sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0)
         lk_fatal("ZMQ_ROUTER_MANDATORY: %s", zmq_strerror(errno));
+    /* Connections libzmq closes on its own (oversized frame, bad handshake) are otherwise
+     * silent: the monitor tells. Read in broker_drain, i.e. at every loop turn. */
+    if (zmq_socket_monitor(B.sock, MONITOR_EP,
+                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0 ||
+        !(B.mon = zmq_socket(B.ctx, ZMQ_PAIR)) || zmq_connect(B.mon, MONITOR_EP) != 0)
+        lk_fatal("backend socket monitor: %s", zmq_strerror(errno));
     if ((rc = lk_zmq_prepare_endpoint(ep)) != 0)
         lk_fatal("backend %s: %s", ep, lk_strerror(rc));
     if (zmq_bind(B.sock, ep) != 0)
@@ -148,6 +199,8 @@ int broker_init(void)
      * never matches a job of this one. */
     B.seq = (uint64_t)lk_now_ms() << 16;
     B.next_hb = gw.now + s_hb();
+    B.status = lk_status_new(B.ctx);
+    lk_info("gateway %d of %d: backend %s", index, gw.cfg.gateway.count, ep);
     return fd;
 }
 
@@ -165,6 +218,11 @@ void broker_fini(void)
         B.workers = w->next;
         free(w);
     }
+    lk_status_destroy(&B.status);
+    if (B.sock)
+        zmq_socket_monitor(B.sock, NULL, 0);
+    if (B.mon)
+        zmq_close(B.mon);
     if (B.sock)
         zmq_close(B.sock);
     if (B.ctx)
@@ -174,6 +232,7 @@ void broker_fini(void)
 
 int broker_drain(void)
 {
+    s_monitor_drain();
     for (int i = 0; i < DRAIN_BUDGET; i++) {
         int ev = 0;
         size_t sz = sizeof ev;
@@ -205,8 +264,12 @@ static void s_dispatch(const uint8_t *id, size_t idlen, int rc, const struct lk_
             lk_error("worker %s pid %u sent a malformed message (%s)", s_roles[w->role], w->pid,
                      lk_strerror(rc));
             s_worker_drop(w, "malformed message");
+        } else if (rc == LK_EVERSION) {
+            s_peer_log("peer refused: it speaks another protocol version (this gateway: %d)",
+                       LK_PROTO_VERSION);
         } else {
-            lk_warn("malformed message from an unregistered peer: %s", lk_strerror(rc));
+            s_peer_log("malformed message from an unregistered peer: %s (discarded)",
+                       lk_strerror(rc));
         }
         return;
     }
@@ -217,7 +280,13 @@ static void s_dispatch(const uint8_t *id, size_t idlen, int rc, const struct lk_
         if (h->type != m->type)
             continue;
         if (m->type != MSG_WK_READY && !w) {
-            lk_warn("%s from an unregistered peer: ignored", lk_msg_type_str(m->type));
+            /* After a gateway restart its workers' heartbeats come before their new READY
+             * (Paranoid Pirate: they say READY again once this gateway has been silent
+             * for three intervals): expected, not worth a warning. */
+            if (m->type == MSG_WK_HEARTBEAT)
+                lk_debug("MSG_WK_HEARTBEAT from an unregistered peer: ignored");
+            else
+                s_peer_log("%s from an unregistered peer: ignored", lk_msg_type_str(m->type));
             return;
         }
         if (h->role >= 0 && w->role != h->role) {
@@ -234,7 +303,7 @@ static void s_dispatch(const uint8_t *id, size_t idlen, int rc, const struct lk_
                  lk_msg_type_str(m->type));
         s_worker_drop(w, "protocol error");
     } else {
-        lk_warn("%s from an unregistered peer: ignored", lk_msg_type_str(m->type));
+        s_peer_log("%s from an unregistered peer: ignored", lk_msg_type_str(m->type));
     }
 }
 
@@ -248,8 +317,8 @@ static void s_on_ready(struct gw_worker *w, const uint8_t *id, size_t idlen,
         if (strcmp(r->role, s_roles[i]) == 0)
             role = i;
     if (r->version != LK_PROTO_VERSION || role < 0) {
-        lk_warn("worker refused: role=%s pid=%u version=%u (expected version %d)", r->role,
-                r->pid, r->version, LK_PROTO_VERSION);
+        s_peer_log("worker refused: role=%s pid=%u version=%u (expected version %d)", r->role,
+                   r->pid, r->version, LK_PROTO_VERSION);
         if (w)
             s_worker_drop(w, "refused READY");
         return;
@@ -287,6 +356,14 @@ static void s_on_heartbeat(struct gw_worker *w, const uint8_t *id, size_t idlen,
     (void)id, (void)idlen, (void)kind;
     w->db_ok = m->u.wk_heartbeat.db_ok != 0;
     w->hb_seen = 1;
+    int away = m->u.wk_heartbeat.busy != 0;
+    if (away == w->away)
+        return;
+    w->away = away;
+    if (away)
+        s_idle_unlink(w); /* nothing when it holds our job: it answers that one later */
+    else if (!w->job_id)
+        s_worker_idle(w);
 }
 
 static void s_on_reply(struct gw_worker *w, const uint8_t *id, size_t idlen,
@@ -324,7 +401,8 @@ static void s_on_reply(struct gw_worker *w, const uint8_t *id, size_t idlen,
     }
     /* Bookkeeping first: the answer below may start the connection's next request,
      * which may want this very worker. */
-    s_worker_idle(w);
+    if (!w->away)
+        s_worker_idle(w);
     if (j) {
         struct gw_conn *c = j->conn;
         if (c) {
@@ -339,8 +417,10 @@ static void s_on_reply(struct gw_worker *w, const uint8_t *id, size_t idlen,
 
 int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const char *email)
 {
-    if (B.count[role] == 0 || (!B.idle_head[role] && B.q_len[role] >= QUEUE_MAX))
+    if (B.count[role] == 0 || (!B.idle_head[role] && B.q_len[role] >= QUEUE_MAX)) {
+        gwm_rejected(role);
         return -EAGAIN;
+    }
     struct gw_job *j = calloc(1, sizeof *j);
     if (!j)
         return -ENOMEM;
@@ -380,6 +460,7 @@ int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const
         c->state = C_READ;
         s_job_unlink(j);
         s_job_free(j);
+        gwm_rejected(role);
         return -EAGAIN;
     }
     s_queue_push(j);
@@ -437,7 +518,8 @@ restart:
             lk_debug("worker pid %u never answered job %llu: taken back", w->pid,
                      (unsigned long long)w->job_id);
             w->job_id = 0;
-            s_worker_idle(w);
+            if (!w->away)
+                s_worker_idle(w);
             goto restart;
         }
     }
@@ -445,6 +527,106 @@ restart:
         B.next_hb = now + hb;
         s_heartbeats();
     }
+    if (now >= B.next_status) {
+        B.next_status = now + STATUS_MS;
+        s_failed_read();
+        lk_status_report(B.status, B.done, (uint32_t)B.njobs);
+    }
+}
+
+int broker_failed(const char **names, int n, int max)
+{
+    for (int i = 0; i < B.nfailed && n < max; i++) {
+        int dup = 0;
+        for (int j = 0; j < n; j++)
+            dup |= strcmp(names[j], B.failed[i]) == 0;
+        if (!dup)
+            names[n++] = B.failed[i];
+    }
+    return n;
+}
+
+/* latchkeyd writes the roles it gave up restarting to <var>/run/failed-roles (one name a
+ * line, replaced atomically; absent or empty: none). A local file of a few bytes: reading
+ * it once a second costs the loop nothing measurable. */
+static void s_failed_read(void)
+{
+    char buf[256];
+    ssize_t n = -1;
+    int fd = open(B.failed_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd >= 0) {
+        n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+    }
+    int was = B.nfailed;
+    B.nfailed = 0;
+    if (n <= 0)
+        goto out;
+    buf[n] = '\0';
+    for (char *save = NULL, *t = strtok_r(buf, "\n", &save); t && B.nfailed < FAILED_MAX;
+         t = strtok_r(NULL, "\n", &save))
+        if (lk_strlcpy(B.failed[B.nfailed], t, sizeof B.failed[0]) == 0)
+            B.nfailed++;
+out:
+    if (B.nfailed != was)
+        lk_log(B.nfailed ? LK_LOG_WARN : LK_LOG_INFO, NULL, "failed roles: %d (%s%s)", B.nfailed,
+               B.nfailed ? B.failed[0] : "none", B.nfailed > 1 ? ", ..." : "");
+}
+
+/* Events of the backend socket's monitor: [uint16 event, uint32 value][endpoint]. */
+static void s_monitor_drain(void)
+{
+    for (;;) {
+        zmq_msg_t ev, addr;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, B.mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        uint16_t event = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&ev) >= 6) {
+            memcpy(&event, zmq_msg_data(&ev), 2);
+            memcpy(&value, (const uint8_t *)zmq_msg_data(&ev) + 2, 4);
+        }
+        int more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        if (more) {
+            zmq_msg_init(&addr);
+            (void)zmq_msg_recv(&addr, B.mon, 0); /* the endpoint: ours, nothing to learn */
+            zmq_msg_close(&addr);
+        }
+        if (event == ZMQ_EVENT_DISCONNECTED)
+            lk_info("backend: a connection closed (a worker left, or a peer broke the "
+                    "protocol, e.g. a frame over %d bytes)", LK_MSG_MAX);
+        else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            s_peer_log("backend: peer dropped: ZMTP protocol error 0x%x", (unsigned)value);
+        else
+            s_peer_log("backend: peer dropped: ZMTP handshake failed (%s)",
+                       zmq_strerror((int)value));
+    }
+}
+
+/* Warnings about peers that are not (or no longer) registered workers, at most
+ * PEER_LOG_MAX a second: a peer that floods the socket cannot flood the log. */
+static void s_peer_log(const char *fmt, ...)
+{
+    int64_t sec = gw.now / 1000;
+    char msg[256];
+    va_list ap;
+
+    if (sec != B.peer_log_sec) {
+        if (B.peer_log_n > PEER_LOG_MAX)
+            lk_warn("%d more warnings about backend peers suppressed", B.peer_log_n - PEER_LOG_MAX);
+        B.peer_log_sec = sec;
+        B.peer_log_n = 0;
+    }
+    if (++B.peer_log_n > PEER_LOG_MAX)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    lk_warn("%s", msg);
 }
 
 static void s_heartbeats(void)
@@ -483,6 +665,17 @@ size_t broker_jobs(void)
     return B.njobs;
 }
 
+void broker_stats(int role, int *connected, int *busy, size_t *queued)
+{
+    int n = 0;
+    for (struct gw_worker *w = B.workers; w; w = w->next)
+        if (w->role == role && (w->job_id || w->away))
+            n++;
+    *connected = B.count[role];
+    *busy = n;
+    *queued = B.q_len[role];
+}
+
 static int64_t s_hb(void)
 {
     return gw.cfg.gateway.heartbeat_ms > 0 ? gw.cfg.gateway.heartbeat_ms : 1000;
@@ -500,6 +693,8 @@ static struct gw_worker *s_find(const uint8_t *id, size_t idlen)
 static void s_worker_idle(struct gw_worker *w)
 {
     struct gw_job *j;
+    if (w->idle)
+        return;
     while ((j = s_queue_pop(w->role)) != NULL) {
         if (s_send_job(w, j) == 0)
             return;
@@ -625,6 +820,7 @@ static void s_job_unlink(struct gw_job *j)
 
 static void s_job_free(struct gw_job *j)
 {
+    B.done++;
     lk_wipe(j, sizeof *j);
     free(j);
 }

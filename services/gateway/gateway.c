@@ -21,6 +21,7 @@
  *   - the end of a drain after SIGTERM
  */
 #include "gateway.h"
+#include "gwmetrics.h"
 
 #include "crypto.h"
 #include "errors.h"
@@ -54,7 +55,6 @@ enum { EV_LISTEN = 1, EV_SIGNAL, EV_TIMER, EV_ZMQ, EV_CONN = 16 };
 #define EPOLL_BATCH 256
 #define CACHE_RETRY_MIN_MS 250 /* reopening the cache: doubling up to the max */
 #define CACHE_RETRY_MAX_MS 5000
-#define BODY_RATE 100           /* bytes/s a body must average after its grace period */
 
 struct gateway gw;
 
@@ -130,6 +130,9 @@ int gateway_main(int argc, char **argv)
     s_ep_add(s_tfd, EPOLLIN, EV_TIMER);
     s_zfd = broker_init();
     s_ep_add(s_zfd, EPOLLIN | EPOLLET, EV_ZMQ);
+    int mfd = gwm_init(); /* the metrics collector's answers: drained like the broker */
+    if (mfd >= 0)
+        s_ep_add(mfd, EPOLLIN | EPOLLET, EV_ZMQ);
 
     s_nslots = (size_t)gw.cfg.gateway.max_connections + OVERFLOW_SLOTS;
     s_conns = calloc(s_nslots, sizeof *s_conns);
@@ -149,7 +152,7 @@ int gateway_main(int argc, char **argv)
 
     while (!s_stop) {
         gw.now = lk_mono_ms();
-        int more = broker_drain();
+        int more = broker_drain() | gwm_drain();
         int n = epoll_wait(s_epfd, evs, EPOLL_BATCH, more ? 0 : -1);
         if (n < 0) {
             if (errno == EINTR)
@@ -189,6 +192,7 @@ int gateway_main(int argc, char **argv)
     for (size_t i = 0; i < s_nslots; i++)
         http_conn_free(&s_conns[i].http);
     free(s_conns);
+    gwm_fini();
     broker_fini();
     routes_fini();
     lk_cache_destroy(&gw.cache);
@@ -331,6 +335,7 @@ static void s_reject_now(int fd)
                      rid, sizeof body - 1, body);
     (void)send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     lk_log(LK_LOG_INFO, rid, "http method=- route=- status=503 us=0 bytes=%d", n);
+    gwm_answered(-1, NULL, 503, 0);
     close(fd);
 }
 
@@ -448,6 +453,8 @@ static void s_conn_process(struct gw_conn *c)
             c->close_after = 1;
             if (!c->rid[0] && h->req.has_rid) /* the head got that far before the error */
                 memcpy(c->rid, h->req.rid, sizeof c->rid);
+            else if (!c->rid[0])
+                (void)http_head_rid(h, c->rid); /* or its bytes hold one */
             gw_reply_error(c, h->err_status, h->err_code, h->err_msg, NULL, 0);
         }
     }
@@ -587,6 +594,12 @@ void gw_conn_resume(struct gw_conn *c)
 void gw_reply(struct gw_conn *c, int status, const char *body, size_t len,
               const struct gw_hdr *hdrs, size_t nhdrs)
 {
+    gw_reply_typed(c, status, len ? "application/json" : NULL, body, len, hdrs, nhdrs);
+}
+
+void gw_reply_typed(struct gw_conn *c, int status, const char *ctype, const char *body,
+                    size_t len, const struct gw_hdr *hdrs, size_t nhdrs)
+{
     struct http_conn *h = &c->http;
     size_t before = h->out_len;
 
@@ -602,16 +615,22 @@ void gw_reply(struct gw_conn *c, int status, const char *body, size_t len,
     http_out_header(h, "Cache-Control", "no-store");
     for (size_t i = 0; i < nhdrs; i++)
         http_out_header(h, hdrs[i].name, hdrs[i].value);
+    if (c->cors) {
+        http_out_header(h, "Access-Control-Allow-Origin", c->cors);
+        http_out_header(h, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+        http_out_header(h, "Vary", "Origin");
+    }
     if (c->close_after)
         http_out_header(h, "Connection", "close");
     else if (h->req.minor == 0)
         http_out_header(h, "Connection", "keep-alive");
-    http_out_body(h, status, len ? "application/json" : NULL, body, len);
+    http_out_body(h, status, ctype, body, len);
 
     uint64_t us = c->t_req_us ? gw_mono_us() - c->t_req_us : 0;
     lk_log(LK_LOG_INFO, c->rid, "http method=%s route=%s status=%d us=%llu bytes=%zu",
            s_method_name(c->method), c->route_name ? c->route_name : "-", status,
            (unsigned long long)us, h->out_len - before);
+    gwm_answered(c->method, c->route_name, status, us);
 
     /* the next request starts afresh */
     if (c->state == C_BUSY)
@@ -622,6 +641,8 @@ void gw_reply(struct gw_conn *c, int status, const char *body, size_t len,
     c->route = -1;
     c->route_name = NULL;
     c->pend_status = 0;
+    c->cors = NULL;
+    c->preflight = 0;
     c->t_req_us = 0;
 }
 
@@ -650,6 +671,7 @@ static void s_cron(void)
         s_conn_timers(c);
     }
     broker_cron();
+    gwm_cron();
     if (!gw.cache && gw.now >= s_cache_next)
         s_cache_try_open();
     if (s_listen_paused && s_lfd >= 0) {
@@ -690,11 +712,15 @@ static void s_conn_timers(struct gw_conn *c)
         return;
     if (c->head_timer && now - c->t_head > cfg->gateway.header_timeout_ms) {
         c->close_after = 1;
+        (void)http_head_rid(h, c->rid);
         gw_reply_error(c, 408, "request_timeout", "request headers not received in time", NULL, 0);
         s_conn_process(c);
-    } else if (http_in_body(h, &got) && now - c->t_body > cfg->gateway.header_timeout_ms &&
-               got < (uint64_t)(now - c->t_body - cfg->gateway.header_timeout_ms) * BODY_RATE / 1000) {
-        /* after a grace period, a body must come at BODY_RATE on average (slow-body DoS) */
+    } else if (http_in_body(h, &got) && cfg->gateway.body_min_rate &&
+               now - c->t_body > cfg->gateway.body_grace_ms &&
+               got < (uint64_t)(now - c->t_body - cfg->gateway.body_grace_ms) *
+                         cfg->gateway.body_min_rate / 1000) {
+        /* api.md: body_min_rate bytes/s on average, measured from the end of the grace
+         * (slow-body DoS); the bytes of the grace count */
         c->close_after = 1;
         gw_reply_error(c, 408, "request_timeout", "request body not received in time", NULL, 0);
         s_conn_process(c);

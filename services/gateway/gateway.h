@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct json_t; /* jansson's */
+
 enum gw_role { GW_SIGNUP = 0, GW_SIGNIN, GW_NROLES };
 
 /* What a job is for: decides how its reply becomes an HTTP response. */
@@ -49,6 +51,9 @@ struct gw_conn {
     const char *pend_msg;
     const char *pend_allow;
     const char *route_name;
+    const char *cors;      /* the request's Origin when it is a configured CORS origin (the
+                              configured string, static), else NULL: no CORS headers */
+    int preflight;         /* the request is a CORS preflight (OPTIONS from cors) */
     int method;            /* llhttp method of the request being answered, -1 if unknown */
     char rid[HTTP_RID_MAX + 1];
     int64_t t_head;        /* mono ms: first byte of the current request */
@@ -86,6 +91,10 @@ struct gw_hdr {
 void gw_reply(struct gw_conn *c, int status, const char *body, size_t len,
               const struct gw_hdr *hdrs, size_t nhdrs);
 
+/* gw_reply with a body of media type ctype (e.g. GET /metrics' text/plain), any length. */
+void gw_reply_typed(struct gw_conn *c, int status, const char *ctype, const char *body,
+                    size_t len, const struct gw_hdr *hdrs, size_t nhdrs);
+
 /* gw_reply with {"error": code, "message": msg}. */
 void gw_reply_error(struct gw_conn *c, int status, const char *code, const char *msg,
                     const struct gw_hdr *hdrs, size_t nhdrs);
@@ -115,9 +124,41 @@ void routes_job_reply(struct gw_conn *c, int kind, const char *email, const stru
 /* c's job failed: 503 unavailable (no worker, worker died) or 504 timeout. */
 void routes_job_fail(struct gw_conn *c, int status);
 
-/* Sets up jansson (allocations wiped on free: request bodies hold passwords). */
+/* Parses gateway.cors_origins (exits when an origin is malformed: a gateway that would
+ * silently refuse a configured origin is a misconfiguration nobody notices) and sets up
+ * jansson (allocations wiped on free: request bodies hold passwords). */
 void routes_init(void);
 void routes_fini(void);
+
+/* The configured CORS origin equal, byte for byte, to origin, or NULL (CORS off, origin
+ * not configured). The result is static. */
+const char *routes_cors_origin(const char *origin);
+
+/* JSON request decoding, without sockets (tests/fuzz/fuzz_json.c drives these alone).
+ * Each parses body (len bytes, any content) with jansson, duplicate keys rejected, invalid
+ * UTF-8 and \u0000 rejected, and returns 0 or LK_EMALFORMED with *why set to a static
+ * sentence for the 400 answer. On success the caller owns *root: routes_json_free. */
+
+/* {"email": string, "password": string, ...}: the body of signup and signin. The strings
+ * are borrowed from *root (NUL-terminated; *_len excludes the NUL). */
+struct gw_credentials {
+    struct json_t *root;
+    const char *email;
+    size_t email_len;
+    const char *password;
+    size_t password_len;
+};
+int routes_json_credentials(const char *body, size_t len, struct gw_credentials *out,
+                            const char **why) LK_WUR;
+
+/* {"tokens": [string, ...], ...} with 1..GW_BATCH_MAX strings: validate/batch. *tokens is
+ * the array, borrowed from *root. */
+#define GW_BATCH_MAX 1000
+int routes_json_tokens(const char *body, size_t len, struct json_t **root,
+                       struct json_t **tokens, const char **why) LK_WUR;
+
+/* Releases a decoded body (wiping every block: it may hold a password); sets *root NULL. */
+void routes_json_free(struct json_t **root);
 
 /* A byte buffer for JSON output. fixed: p is caller-provided storage of cap bytes that
  * never grows; otherwise p is heap memory grown as needed (gw_buf_free releases it).
@@ -164,7 +205,16 @@ void broker_conn_gone(struct gw_conn *c);
  * heartbeat said db_ok, or it said READY within three heartbeat intervals). */
 void broker_status(int counts[GW_NROLES], int *db_ok);
 
+/* For /ready: appends to names[0..n) the roles latchkeyd marked failed (it gave up
+ * restarting them), skipping names already there, up to max entries. Returns the new
+ * count. The strings are the broker's, valid until the next broker_cron. */
+int broker_failed(const char **names, int n, int max);
+
 /* Number of jobs not yet answered (drain waits for them). */
 size_t broker_jobs(void);
+
+/* For metrics (gwmetrics.c): the workers of role connected, those running a job (this
+ * gateway's, or another's), and the jobs of role waiting in the queue. */
+void broker_stats(int role, int *connected, int *busy, size_t *queued);
 
 #endif

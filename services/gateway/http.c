@@ -37,7 +37,7 @@ enum {
 };
 
 /* Header fields the gateway looks at; others are skipped. */
-enum { H_OTHER = 0, H_HOST, H_CTYPE, H_AUTH, H_EXPECT, H_RID, H_TE };
+enum { H_OTHER = 0, H_HOST, H_CTYPE, H_AUTH, H_EXPECT, H_RID, H_TE, H_ORIGIN };
 
 #define IN_SLACK 4096        /* input room past max_header for body and pipelined bytes */
 #define BODY_WIRE_SLACK 16384 /* chunk framing allowed beyond the body limit */
@@ -48,6 +48,7 @@ static void s_req_reset(struct http_conn *h);
 static enum http_ev s_fail(struct http_conn *h, int status, const char *code, const char *msg);
 static enum http_ev s_llhttp_fail(struct http_conn *h, llhttp_errno_t e);
 static int s_is_tchar(unsigned char c);
+static int s_rid_ok(const char *v, size_t n);
 static void s_trim(char *s, size_t *len);
 static int s_hdr_append(struct http_conn *h, const char *at, size_t n);
 static void s_path_finish(struct http_request *r, size_t url_len);
@@ -71,12 +72,14 @@ static struct {
     char name[32];
     size_t name_len;
     int name_long;
-    char val[128];        /* value of small fields (Content-Type, Expect, ...) */
+    char val[HTTP_ORIGIN_MAX + 1]; /* value of small fields (Content-Type, Origin, ...) */
     size_t val_len;
     int val_long;
     size_t url_len;
     int host_count;
+    int te_count;
     int te_bad;
+    int origin_count;
     int msg_done;
 } g_hd;
 
@@ -232,6 +235,10 @@ enum http_ev http_next(struct http_conn *h)
             size_t used = (size_t)(llhttp_get_error_pos(&h->parser) - start);
             h->rpos += used;
             h->body_wire += used;
+            /* The same bound as above, so that the answer does not depend on how the
+             * bytes were split into reads. */
+            if (h->body_wire > 2 * (uint64_t)h->body_max + BODY_WIRE_SLACK)
+                return s_fail(h, 413, "payload_too_large", "request body too large");
             h->req.body = h->body_len ? h->body : "";
             h->req.body_len = h->body_len;
             h->req.keep_alive = llhttp_should_keep_alive(&h->parser) && !h->req.upgrade;
@@ -268,6 +275,8 @@ enum http_ev http_body_begin(struct http_conn *h, size_t max)
  * 0 when more bytes are needed, -1 on error (h->err_* set). */
 static int s_scan(struct http_conn *h)
 {
+    if (!h->rbuf)
+        return 0; /* nothing read yet (and NULL + 0 is undefined) */
     const unsigned char *b = (const unsigned char *)h->rbuf + h->rpos;
     size_t n = h->rlen - h->rpos;
     size_t i = h->scan_pos;
@@ -379,6 +388,8 @@ static void s_req_reset(struct http_conn *h)
 
 static enum http_ev s_fail(struct http_conn *h, int status, const char *code, const char *msg)
 {
+    if (h->phase != P_ERROR)
+        h->err_head = h->phase == P_HEAD; /* rbuf[rpos..rlen) still holds the head */
     h->phase = P_ERROR;
     h->err_status = status;
     h->err_code = code;
@@ -407,6 +418,49 @@ static enum http_ev s_llhttp_fail(struct http_conn *h, llhttp_errno_t e)
     default:
         return s_fail(h, 400, "invalid_request", "malformed request");
     }
+}
+
+int http_head_rid(const struct http_conn *h, char out[HTTP_RID_MAX + 1])
+{
+    static const char name[] = "x-request-id:";
+    if (!h->rbuf || !(h->phase == P_HEAD || (h->phase == P_ERROR && h->err_head)))
+        return 0;
+    const char *b = h->rbuf + h->rpos, *end = h->rbuf + h->rlen;
+    /* header lines start after a LF; the first line is the request line */
+    for (const char *p = memchr(b, '\n', (size_t)(end - b)); p;
+         p = memchr(p, '\n', (size_t)(end - p))) {
+        p++;
+        if ((size_t)(end - p) < sizeof name - 1 || strncasecmp(p, name, sizeof name - 1) != 0)
+            continue;
+        const char *v = p + sizeof name - 1, *e = memchr(v, '\r', (size_t)(end - v));
+        if (!e || e + 1 >= end || e[1] != '\n')
+            return 0; /* not complete */
+        while (v < e && (*v == ' ' || *v == '\t'))
+            v++;
+        size_t n = (size_t)(e - v);
+        while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+            n--;
+        if (!s_rid_ok(v, n))
+            continue; /* as in the head: an invalid one is skipped, a later valid one used */
+        memcpy(out, v, n);
+        out[n] = '\0';
+        return 1;
+    }
+    return 0;
+}
+
+/* 1-64 characters of [A-Za-z0-9._-] (api.md) */
+static int s_rid_ok(const char *v, size_t n)
+{
+    if (n < 1 || n > HTTP_RID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
 }
 
 /* RFC 9110 tchar */
@@ -498,6 +552,7 @@ static int s_on_header_field_complete(llhttp_t *p)
     } known[] = {
         {"host", H_HOST},           {"content-type", H_CTYPE}, {"authorization", H_AUTH},
         {"expect", H_EXPECT},       {"x-request-id", H_RID},   {"transfer-encoding", H_TE},
+        {"origin", H_ORIGIN},
     };
     g_hd.kind = H_OTHER;
     g_hd.val_len = 0;
@@ -597,13 +652,7 @@ static int s_on_header_value_complete(llhttp_t *p)
         break;
     case H_RID: {
         s_trim(v, &n);
-        int ok = !g_hd.val_long && n >= 1 && n <= HTTP_RID_MAX && !r->has_rid;
-        for (size_t i = 0; ok && i < n; i++) {
-            unsigned char c = (unsigned char)v[i];
-            ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                 c == '.' || c == '_' || c == '-';
-        }
-        if (ok) {
+        if (!g_hd.val_long && !r->has_rid && s_rid_ok(v, n)) {
             memcpy(r->rid, v, n);
             r->rid[n] = '\0';
             r->has_rid = 1;
@@ -612,10 +661,22 @@ static int s_on_header_value_complete(llhttp_t *p)
     }
     case H_TE:
         /* Only "chunked" alone is supported: any other coding we could not decode, and
-         * a list is where smuggling tricks live. */
+         * a list (or a repeated field, which is the same list) is where smuggling tricks
+         * live. */
         s_trim(v, &n);
-        if (g_hd.val_long || strcasecmp(v, "chunked") != 0)
+        if (g_hd.val_long || strcasecmp(v, "chunked") != 0 || ++g_hd.te_count > 1)
             g_hd.te_bad = 1;
+        break;
+    case H_ORIGIN:
+        /* Kept only when it is the one Origin field: two cannot both be the caller's. */
+        s_trim(v, &n);
+        if (++g_hd.origin_count == 1 && !g_hd.val_long && n > 0) {
+            memcpy(r->origin, v, n + 1);
+            r->has_origin = 1;
+        } else {
+            r->has_origin = 0;
+            r->origin[0] = '\0';
+        }
         break;
     }
     g_hd.kind = H_OTHER;

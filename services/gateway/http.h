@@ -36,6 +36,7 @@
 #define HTTP_PATH_MAX 128  /* longer paths match no route (404), they are not stored */
 #define HTTP_AUTH_MAX 256  /* longer Authorization values are malformed tokens */
 #define HTTP_RID_MAX 64    /* X-Request-Id: 1-64 chars of [A-Za-z0-9._-] */
+#define HTTP_ORIGIN_MAX 320 /* longer Origin values match no configured origin */
 #define HTTP_OUT_MAX (4u << 20) /* output bound (a full validate/batch answer fits): past
                                    it the caller closes the client */
 
@@ -69,6 +70,8 @@ struct http_request {
     size_t auth_len;
     int has_rid;                   /* a valid client X-Request-Id is in rid */
     char rid[HTTP_RID_MAX + 1];
+    int has_origin;                /* exactly one Origin field, at most HTTP_ORIGIN_MAX */
+    char origin[HTTP_ORIGIN_MAX + 1]; /* its value, OWS trimmed */
     int has_body;                  /* Content-Length > 0 or chunked */
     int chunked;
     uint64_t content_length;       /* when !chunked */
@@ -101,6 +104,7 @@ struct http_conn {
     int err_status;
     const char *err_code;
     const char *err_msg;
+    int err_head;        /* the error came before the head was whole (see http_head_rid) */
     int in_trailers;     /* header callbacks after the body are trailers: ignored */
     struct http_request req;
 };
@@ -138,6 +142,12 @@ int http_started(const struct http_conn *h);
 
 /* 1 while a body is being received; *got gets the body bytes received so far. */
 int http_in_body(const struct http_conn *h, uint64_t *got);
+
+/* For an answer given before the head was whole (an error found in it, a header
+ * timeout): copies the client's X-Request-Id into out when a complete, valid one (the
+ * first such line) is among the head bytes received, so that even this answer echoes it
+ * as api.md asks. Returns 1 when out was set, else 0. */
+int http_head_rid(const struct http_conn *h, char out[HTTP_RID_MAX + 1]);
 
 /* Response building. A response is http_out_status, any http_out_header, then
  * http_out_body (which adds Content-Length unless status is 204 or 1xx, and the blank

@@ -5,8 +5,18 @@
  * never makes us buffer its body. routes_request runs the handler once the body is in.
  * Handlers either answer at once (health, ready, validate: inside the gateway) or hand a
  * job to the broker (signup, signin, signout) and answer in routes_job_reply.
+ *
+ * CORS (gateway.cors_origins): a request whose Origin is a configured origin gets
+ * Access-Control-Allow-Origin (that origin), Vary: Origin and Access-Control-Expose-Headers
+ * on its answer, whatever the answer (gw_reply adds them), so that a page can read our
+ * errors too. OPTIONS on an /api/auth/ route from such an origin is a preflight, answered
+ * 204 with the route's methods. Any other OPTIONS (no Origin, an origin not configured,
+ * CORS off) is what api.md says of a known path with a wrong method: 405 with Allow, and
+ * no CORS header, which a browser reports as a failed preflight. Credentials mode is not
+ * offered: tokens travel in Authorization, never in cookies.
  */
 #include "gateway.h"
+#include "gwmetrics.h"
 
 #include "check.h"
 #include "crypto.h"
@@ -25,7 +35,9 @@
 enum { BODY_NONE = 0, BODY_JSON, BODY_BATCH };
 
 #define M(m) (UINT64_C(1) << (m))
-#define BATCH_MAX 1000 /* tokens in one validate/batch request */
+#define CORS_MAX 32    /* configured origins */
+#define CORS_ALLOW_HEADERS "Authorization, Content-Type, X-Request-Id"
+#define CORS_MAX_AGE "600" /* s a browser may cache a preflight (Chromium caps it at 7200) */
 
 struct route {
     const char *path;
@@ -43,6 +55,9 @@ static void s_validate(struct gw_conn *c);
 static void s_validate_batch(struct gw_conn *c);
 static void s_signout(struct gw_conn *c);
 
+static void s_cors_parse(void);
+static int s_origin_ok(const char *o);
+static void s_preflight(struct gw_conn *c);
 static void s_reply_pending(struct gw_conn *c);
 static void s_reply_unavailable(struct gw_conn *c, const char *msg);
 static void s_reply_bad(struct gw_conn *c, const char *msg);
@@ -51,7 +66,7 @@ static void s_reply_token(struct gw_conn *c, int missing);
 static void s_reply_worker_error(struct gw_conn *c, uint32_t status, const char *error,
                                  const char *message, uint32_t retry_after);
 static int s_bearer_hash(struct gw_conn *c, uint8_t hash[LK_TOKEN_HASH_LEN]);
-static int s_credentials(struct gw_conn *c, json_t **root, json_t **email, json_t **password);
+static int s_credentials(struct gw_conn *c, struct gw_credentials *cr);
 static void s_session_json(struct gw_buf *b, const struct lk_session *s);
 static void s_json_free(void *p);
 static size_t s_utf8_len(const unsigned char *s, size_t n);
@@ -60,6 +75,7 @@ static size_t s_pw_max(void);
 static const struct route routes[] = {
     {"/health", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, s_health},
     {"/ready", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, s_ready},
+    {"/metrics", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, gwm_serve}, /* gwmetrics.c */
     {"/api/auth/signup", M(HTTP_POST), "POST", BODY_JSON, s_signup},
     {"/api/auth/signin", M(HTTP_POST), "POST", BODY_JSON, s_signin},
     {"/api/auth/validate", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, s_validate},
@@ -70,10 +86,85 @@ static const struct route routes[] = {
 
 static const char *const s_role_names[GW_NROLES] = {"signup", "signin"};
 static struct gw_buf s_big; /* reused for large answers (validate/batch) */
+static char s_cors_buf[sizeof gw.cfg.gateway.cors_origins]; /* s_cors points into it */
+static const char *s_cors[CORS_MAX];
+static size_t s_ncors;
 
 void routes_init(void)
 {
     json_set_alloc_funcs(malloc, s_json_free);
+    s_cors_parse();
+}
+
+/* gateway.cors_origins: "o1, o2,..." */
+static void s_cors_parse(void)
+{
+    char *save = NULL;
+    memcpy(s_cors_buf, gw.cfg.gateway.cors_origins, sizeof s_cors_buf);
+    s_cors_buf[sizeof s_cors_buf - 1] = '\0';
+    s_ncors = 0;
+    for (char *t = strtok_r(s_cors_buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ' || *t == '\t')
+            t++;
+        size_t n = strlen(t);
+        while (n && (t[n - 1] == ' ' || t[n - 1] == '\t'))
+            t[--n] = '\0';
+        if (!n)
+            continue;
+        if (!s_origin_ok(t))
+            lk_fatal("gateway.cors_origins: '%.80s' is not an origin as browsers send it: "
+                     "scheme://host[:port] in lower case, without a path or a trailing slash",
+                     t);
+        if (s_ncors == CORS_MAX)
+            lk_fatal("gateway.cors_origins: more than %d origins", CORS_MAX);
+        s_cors[s_ncors++] = t;
+    }
+    if (s_ncors)
+        lk_info("CORS allowed for %zu origin%s", s_ncors, s_ncors > 1 ? "s" : "");
+}
+
+/* The serialization of a tuple origin (RFC 6454 6.2): scheme "://" host [":" port], scheme
+ * and host in lower case. Anything else would never equal what a browser sends. */
+static int s_origin_ok(const char *o)
+{
+    const char *p = o;
+    if (!(*p >= 'a' && *p <= 'z'))
+        return 0;
+    while ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '+' || *p == '-' ||
+           *p == '.')
+        p++;
+    if (strncmp(p, "://", 3) != 0)
+        return 0;
+    p += 3;
+    const char *host = p;
+    if (*p == '[') {
+        p++;
+        while ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || *p == ':' || *p == '.')
+            p++;
+        if (*p++ != ']' || p - host < 4)
+            return 0;
+    } else {
+        while ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.')
+            p++;
+        if (p == host)
+            return 0;
+    }
+    if (*p == ':') {
+        const char *port = ++p;
+        while (*p >= '0' && *p <= '9')
+            p++;
+        if (p == port || p - port > 5)
+            return 0;
+    }
+    return *p == '\0';
+}
+
+const char *routes_cors_origin(const char *origin)
+{
+    for (size_t i = 0; i < s_ncors; i++)
+        if (strcmp(origin, s_cors[i]) == 0)
+            return s_cors[i];
+    return NULL;
 }
 
 void routes_fini(void)
@@ -103,6 +194,8 @@ void routes_head(struct gw_conn *c)
     else
         gw_rid_new(c->rid);
     c->pend_status = 0;
+    c->preflight = 0;
+    c->cors = r->has_origin ? routes_cors_origin(r->origin) : NULL;
     for (size_t i = 0; !r->path_long && i < NROUTES; i++)
         if (strcmp(r->path, routes[i].path) == 0) {
             rt = &routes[i];
@@ -114,6 +207,9 @@ void routes_head(struct gw_conn *c)
         c->pend_status = 404;
         c->pend_code = "not_found";
         c->pend_msg = "no such resource";
+    } else if (r->method == HTTP_OPTIONS && c->cors && strncmp(rt->path, "/api/auth/", 10) == 0) {
+        c->preflight = 1;
+        max = 0; /* a preflight has no body */
     } else if (!(rt->methods & M(r->method))) {
         c->pend_status = 405;
         c->pend_code = "method_not_allowed";
@@ -124,7 +220,7 @@ void routes_head(struct gw_conn *c)
         c->pend_code = "unsupported_media_type";
         c->pend_msg = "Content-Type must be application/json";
     }
-    if (rt && rt->body == BODY_BATCH)
+    if (rt && rt->body == BODY_BATCH && !c->preflight)
         max = gw.cfg.gateway.max_batch_body;
     if (c->pend_status && r->has_body &&
         (r->expect_continue || r->chunked || r->content_length > max)) {
@@ -141,8 +237,21 @@ void routes_request(struct gw_conn *c)
 {
     if (c->pend_status || c->route < 0)
         s_reply_pending(c);
+    else if (c->preflight)
+        s_preflight(c);
     else
         routes[c->route].handler(c);
+}
+
+/* A CORS preflight from a configured origin (gw_reply adds Access-Control-Allow-Origin). */
+static void s_preflight(struct gw_conn *c)
+{
+    const struct gw_hdr h[] = {
+        {"Access-Control-Allow-Methods", routes[c->route].allow},
+        {"Access-Control-Allow-Headers", CORS_ALLOW_HEADERS},
+        {"Access-Control-Max-Age", CORS_MAX_AGE},
+    };
+    gw_reply(c, 204, NULL, 0, h, sizeof h / sizeof h[0]);
 }
 
 static void s_reply_pending(struct gw_conn *c)
@@ -193,7 +302,7 @@ static void s_ready(struct gw_conn *c)
     int counts[GW_NROLES], db_ok;
     char body[256];
     struct gw_buf b = {.p = body, .cap = sizeof body, .fixed = 1};
-    const char *missing[4];
+    const char *missing[12];
     size_t nmissing = 0;
 
     broker_status(counts, &db_ok);
@@ -204,6 +313,7 @@ static void s_ready(struct gw_conn *c)
         missing[nmissing++] = "cache";
     if (!db_ok)
         missing[nmissing++] = "postgres";
+    nmissing = (size_t)broker_failed(missing, (int)nmissing, 12); /* roles latchkeyd gave up */
 
     if (nmissing == 0) {
         gw_buf_raw(&b, "{\"status\":\"ready\"", 17);
@@ -274,22 +384,14 @@ static void s_session_json(struct gw_buf *b, const struct lk_session *s)
 static void s_validate_batch(struct gw_conn *c)
 {
     struct http_request *r = &c->http.req;
-    json_error_t jerr;
-    json_t *root = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &jerr);
-    json_t *tokens = root && json_is_object(root) ? json_object_get(root, "tokens") : NULL;
-    size_t n = json_is_array(tokens) ? json_array_size(tokens) : 0;
+    json_t *root, *tokens;
+    const char *why;
 
-    if (!tokens || !json_is_array(tokens) || n < 1 || n > BATCH_MAX) {
-        json_decref(root);
-        s_reply_bad(c, "body must be {\"tokens\": [...]} with 1 to 1000 tokens");
+    if (routes_json_tokens(r->body, r->body_len, &root, &tokens, &why) != 0) {
+        s_reply_bad(c, why);
         return;
     }
-    for (size_t i = 0; i < n; i++)
-        if (!json_is_string(json_array_get(tokens, i))) {
-            json_decref(root);
-            s_reply_bad(c, "every token must be a string");
-            return;
-        }
+    size_t n = json_array_size(tokens);
     if (!gw.cache) {
         json_decref(root);
         s_reply_unavailable(c, "session cache unavailable");
@@ -355,24 +457,69 @@ static int s_bearer_hash(struct gw_conn *c, uint8_t hash[LK_TOKEN_HASH_LEN])
 
 /* ---- handlers answered by a worker ---- */
 
-/* Parses {"email": string, "password": string, ...}. Answers 400 and returns -1 on
- * anything else. On success the caller owns *root (json_decref). */
-static int s_credentials(struct gw_conn *c, json_t **root, json_t **email, json_t **password)
+/* ---- JSON request decoding (see gateway.h) ---- */
+
+int routes_json_credentials(const char *body, size_t len, struct gw_credentials *out,
+                            const char **why)
 {
-    struct http_request *r = &c->http.req;
     json_error_t jerr;
+    memset(out, 0, sizeof *out);
     /* jansson rejects invalid UTF-8, and \u0000 without JSON_ALLOW_NUL */
-    *root = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!*root || !json_is_object(*root)) {
-        json_decref(*root);
-        s_reply_bad(c, "body must be a JSON object");
-        return -1;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        *why = "body must be a JSON object";
+        return LK_EMALFORMED;
     }
-    *email = json_object_get(*root, "email");
-    *password = json_object_get(*root, "password");
-    if (!json_is_string(*email) || !json_is_string(*password)) {
-        json_decref(*root);
-        s_reply_bad(c, "email and password must be strings");
+    json_t *e = json_object_get(root, "email"), *p = json_object_get(root, "password");
+    if (!json_is_string(e) || !json_is_string(p)) {
+        json_decref(root);
+        *why = "email and password must be strings";
+        return LK_EMALFORMED;
+    }
+    out->root = root;
+    out->email = json_string_value(e);
+    out->email_len = json_string_length(e);
+    out->password = json_string_value(p);
+    out->password_len = json_string_length(p);
+    return 0;
+}
+
+int routes_json_tokens(const char *body, size_t len, json_t **root, json_t **tokens,
+                       const char **why)
+{
+    json_error_t jerr;
+    *tokens = NULL;
+    *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *t = *root && json_is_object(*root) ? json_object_get(*root, "tokens") : NULL;
+    size_t n = json_is_array(t) ? json_array_size(t) : 0;
+    if (n < 1 || n > GW_BATCH_MAX) {
+        routes_json_free(root);
+        *why = "body must be {\"tokens\": [...]} with 1 to 1000 tokens";
+        return LK_EMALFORMED;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!json_is_string(json_array_get(t, i))) {
+            routes_json_free(root);
+            *why = "every token must be a string";
+            return LK_EMALFORMED;
+        }
+    *tokens = t;
+    return 0;
+}
+
+void routes_json_free(json_t **root)
+{
+    json_decref(*root);
+    *root = NULL;
+}
+
+/* Decodes the credentials of c's body. Answers 400 and returns -1 on anything else. */
+static int s_credentials(struct gw_conn *c, struct gw_credentials *cr)
+{
+    const char *why;
+    if (routes_json_credentials(c->http.req.body, c->http.req.body_len, cr, &why) != 0) {
+        s_reply_bad(c, why);
         return -1;
     }
     return 0;
@@ -387,23 +534,23 @@ static size_t s_pw_max(void)
 
 static void s_signup(struct gw_conn *c)
 {
-    json_t *root, *je, *jp;
+    struct gw_credentials cr;
     char email[LK_EMAIL_MAX + 1];
     const char *reason = NULL;
     struct lk_msg m;
 
-    if (s_credentials(c, &root, &je, &jp) != 0)
+    if (s_credentials(c, &cr) != 0)
         return;
-    const char *pw = json_string_value(jp);
-    size_t pwlen = json_string_length(jp);
-    if (lk_email_normalize(json_string_value(je), json_string_length(je), email) != 0) {
-        json_decref(root);
+    const char *pw = cr.password;
+    size_t pwlen = cr.password_len;
+    if (lk_email_normalize(cr.email, cr.email_len, email) != 0) {
+        routes_json_free(&cr.root);
         gw_reply_error(c, 400, "invalid_email", "invalid email address", NULL, 0);
         return;
     }
     int rc = lk_password_check(pw, pwlen, (size_t)gw.cfg.password.min_length, s_pw_max(), &reason);
     if (rc != 0) {
-        json_decref(root);
+        routes_json_free(&cr.root);
         if (rc == LK_EMALFORMED)
             s_reply_bad(c, "password must be valid UTF-8");
         else
@@ -417,7 +564,7 @@ static void s_signup(struct gw_conn *c)
     q->deadline_ms = lk_now_ms() + gw.cfg.gateway.route_timeout_ms;
     memcpy(q->email, email, sizeof q->email);
     memcpy(q->password, pw, pwlen);
-    json_decref(root);
+    routes_json_free(&cr.root);
     if (broker_submit(c, GW_SIGNUP, GW_JOB_SIGNUP, &m, email) != 0)
         s_reply_unavailable(c, "no signup worker available");
     lk_wipe(&m, sizeof m);
@@ -425,19 +572,19 @@ static void s_signup(struct gw_conn *c)
 
 static void s_signin(struct gw_conn *c)
 {
-    json_t *root, *je, *jp;
+    struct gw_credentials cr;
     char email[LK_EMAIL_MAX + 1];
     struct lk_msg m;
 
-    if (s_credentials(c, &root, &je, &jp) != 0)
+    if (s_credentials(c, &cr) != 0)
         return;
-    const char *pw = json_string_value(jp);
-    size_t pwlen = json_string_length(jp);
+    const char *pw = cr.password;
+    size_t pwlen = cr.password_len;
     /* Rejected here without a hop, with the very answer a wrong password gets: these can
      * never match a stored account. */
-    if (lk_email_normalize(json_string_value(je), json_string_length(je), email) != 0 ||
-        pwlen == 0 || pwlen > s_pw_max()) {
-        json_decref(root);
+    if (lk_email_normalize(cr.email, cr.email_len, email) != 0 || pwlen == 0 ||
+        pwlen > s_pw_max()) {
+        routes_json_free(&cr.root);
         s_reply_bad_credentials(c);
         return;
     }
@@ -448,7 +595,7 @@ static void s_signin(struct gw_conn *c)
     q->deadline_ms = lk_now_ms() + gw.cfg.gateway.route_timeout_ms;
     memcpy(q->email, email, sizeof q->email);
     memcpy(q->password, pw, pwlen);
-    json_decref(root);
+    routes_json_free(&cr.root);
     if (broker_submit(c, GW_SIGNIN, GW_JOB_SIGNIN, &m, NULL) != 0)
         s_reply_unavailable(c, "no signin worker available");
     lk_wipe(&m, sizeof m);

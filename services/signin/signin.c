@@ -21,6 +21,16 @@ static int s_authenticate(lk_db_t *db, struct lk_msg_gw_signin_request *q,
 static int s_session_open(lk_db_t *db, const struct lk_db_user *u, const char *rid,
                           struct lk_msg_si_signin_reply *r);
 static int s_signout(lk_db_t *db, struct lk_msg *req, struct lk_msg *reply);
+static void s_withdraw_add(const uint8_t hash[LK_TOKEN_HASH_LEN], const char *rid);
+static int s_withdraw_run(lk_db_t *db);
+
+/* Sessions whose INSERT may have committed although the client got a 503 (the connection
+ * to Postgres died before its answer came: the outcome is unknown). They are deleted as
+ * soon as Postgres answers again, before any other job, so that no session outlives an
+ * answer that was not 200. Past WITHDRAW_MAX the oldest is forgotten (logged). */
+#define WITHDRAW_MAX 256
+static uint8_t s_withdraw[WITHDRAW_MAX][LK_TOKEN_HASH_LEN];
+static int s_nwithdraw;
 
 static struct lk_config s_cfg;
 static lk_cache_t *s_cache;
@@ -47,6 +57,7 @@ int signin_main(int argc, char **argv)
         lk_fatal("cache %s: %s", s_cfg.cache.path, lk_strerror(rc));
     if ((rc = s_dummy_init()) != 0)
         lk_fatal("dummy password hash: %s", lk_strerror(rc));
+    lk_worker_set_idle(s_withdraw_run);
     rc = lk_worker_run("signin", &s_cfg, handlers, sizeof handlers / sizeof handlers[0]);
     lk_cache_destroy(&s_cache);
     return rc;
@@ -73,6 +84,11 @@ static int s_signin(lk_db_t *db, struct lk_msg *req, struct lk_msg *reply)
 
     reply->type = MSG_SI_SIGNIN_REPLY;
     r->job = q->job;
+    if (s_withdraw_run(db) != 0) {
+        lk_wipe(q->password, sizeof q->password);
+        LK_REPLY_UNAVAILABLE(r);
+        return LK_EDB;
+    }
     int rc = s_authenticate(db, q, r, &why);
     lk_log(LK_LOG_INFO, q->rid, "signin %u %s%s%s (%lld ms)", r->status,
            r->status == 200 ? r->user_id : r->error, why ? ": " : "", why ? why : "",
@@ -128,12 +144,15 @@ static int s_session_open(lk_db_t *db, const struct lk_db_user *u, const char *r
     }
 
     if ((rc = lk_db_session_insert(db, hash, u->id, s.created_ms, s.expires_ms)) != 0) {
+        s_withdraw_add(hash, rid);
         rc = LK_EDB;
     } else if ((rc = lk_cache_session_put(s_cache, hash, &s)) != 0) {
         /* The client will never hold this token: take the row back too, so that Postgres and
          * the cache (warmed from Postgres) keep agreeing. */
         lk_log(LK_LOG_ERROR, rid, "cache write failed: %s; session withdrawn", lk_strerror(rc));
         rc = lk_db_session_delete(db, hash) == LK_EDB ? LK_EDB : 0;
+        if (rc == LK_EDB)
+            s_withdraw_add(hash, rid);
     } else {
         r->status = 200;
         lk_uuid_format(u->id, r->user_id);
@@ -158,6 +177,10 @@ static int s_signout(lk_db_t *db, struct lk_msg *req, struct lk_msg *reply)
 
     reply->type = MSG_SI_SIGNOUT_REPLY;
     r->job = q->job;
+    if (s_withdraw_run(db) != 0) {
+        LK_REPLY_UNAVAILABLE(r);
+        return LK_EDB;
+    }
     /* Validity as validate sees it: a row the sweeper has not reached yet may outlive its
      * expiry, and signing out an expired token is a 401 like validating it. */
     int live = lk_cache_session_get(s_cache, q->token_hash, lk_now_ms(), &s);
@@ -182,4 +205,32 @@ static int s_signout(lk_db_t *db, struct lk_msg *req, struct lk_msg *reply)
     lk_log(LK_LOG_INFO, q->rid, "signout %u%s%s (%lld ms)", r->status, *r->error ? " " : "",
            r->error, (long long)(lk_mono_ms() - t0));
     return rc;
+}
+
+static void s_withdraw_add(const uint8_t hash[LK_TOKEN_HASH_LEN], const char *rid)
+{
+    if (s_nwithdraw == WITHDRAW_MAX) {
+        lk_log(LK_LOG_ERROR, rid, "%d sessions of unknown outcome pending: the oldest is kept",
+               WITHDRAW_MAX);
+        memmove(s_withdraw[0], s_withdraw[1], sizeof s_withdraw - sizeof s_withdraw[0]);
+        s_nwithdraw--;
+    }
+    memcpy(s_withdraw[s_nwithdraw++], hash, LK_TOKEN_HASH_LEN);
+    lk_log(LK_LOG_WARN, rid, "session insert of unknown outcome: withdrawn when Postgres is back");
+}
+
+/* Deletes the sessions of unknown outcome. Returns 0 when none is left, LK_EDB when
+ * Postgres still fails (the rest stays for the next job). */
+static int s_withdraw_run(lk_db_t *db)
+{
+    while (s_nwithdraw > 0) {
+        int rc = lk_db_session_delete(db, s_withdraw[s_nwithdraw - 1]);
+        if (rc != 0 && rc != LK_ENOTFOUND)
+            return LK_EDB;
+        /* the cache never had it: the worker writes the cache only after the commit */
+        lk_log(LK_LOG_INFO, NULL, "session of unknown outcome withdrawn (%s)",
+               rc == 0 ? "it had committed" : "it had not committed");
+        lk_wipe(s_withdraw[--s_nwithdraw], LK_TOKEN_HASH_LEN);
+    }
+    return 0;
 }

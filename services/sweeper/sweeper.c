@@ -8,6 +8,7 @@
 #include "db.h"
 #include "errors.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 #include "worker.h"
 
@@ -23,11 +24,14 @@ int sweeper_main(int argc, char **argv);
 static int64_t sweeper_cron(void);
 static int s_sweep_db(int64_t before_ms, long *deleted);
 static int s_sweep_cache(int64_t before_ms, size_t *removed);
+static void s_metrics_sample(void *arg);
 
 static struct lk_config s_cfg;
 static lk_cache_t *s_cache;
 static lk_db_t *s_db; /* NULL until the first successful connect */
 static int64_t s_db_retry_ms = DB_RETRY_MIN_MS;
+/* the host's cache, which only the sweeper reports (one per host: no double count) */
+static lk_metric_t s_m_sessions, s_m_map, s_m_used, s_m_readers, s_m_stale;
 
 int main(int argc, char **argv)
 {
@@ -41,6 +45,12 @@ int sweeper_main(int argc, char **argv)
     lk_role_start("sweeper", argc, argv, &s_cfg);
     if ((rc = lk_cache_open(s_cfg.cache.path, s_cfg.cache.map_size, 0, &s_cache)) != 0)
         lk_fatal("cache %s: %s", s_cfg.cache.path, lk_strerror(rc));
+    s_m_sessions = LK_METRIC0(LKM_ACTIVE_SESSIONS);
+    s_m_map = LK_METRIC0(LKM_CACHE_MAP_SIZE);
+    s_m_used = LK_METRIC0(LKM_CACHE_USED);
+    s_m_readers = LK_METRIC0(LKM_CACHE_READERS);
+    s_m_stale = LK_METRIC0(LKM_CACHE_STALE_READERS);
+    lk_metrics_sampler(s_metrics_sample, NULL);
     for (int64_t wait = FIRST_RUN_MS; !lk_role_sleep(wait);)
         wait = sweeper_cron();
     lk_db_destroy(&s_db);
@@ -76,6 +86,8 @@ static int64_t sweeper_cron(void)
         lk_error("cache sweep: %s", lk_strerror(rc));
     if ((rc = lk_cache_reader_check(s_cache, &readers)) != 0)
         lk_error("cache reader check: %s", lk_strerror(rc));
+    else
+        lk_counter_add(s_m_stale, (uint64_t)readers);
     lk_log(rows || entries || readers ? LK_LOG_INFO : LK_LOG_DEBUG, NULL,
            "swept: %ld session rows, %zu cache entries, %d stale readers", rows, entries, readers);
     return next;
@@ -115,4 +127,19 @@ static int s_sweep_cache(int64_t before_ms, size_t *removed)
         *removed += n;
     } while (n == SWEEP_BATCH);
     return 0;
+}
+
+/* Before each metrics report (lk_role_sleep ships them, once a second): the cache's size
+ * and sessions, O(1) reads of the LMDB header. */
+static void s_metrics_sample(void *arg)
+{
+    struct lk_cache_stats st;
+
+    (void)arg;
+    if (lk_cache_stats(s_cache, &st) != 0)
+        return;
+    lk_gauge_set(s_m_sessions, (int64_t)st.sessions);
+    lk_gauge_set(s_m_map, (int64_t)st.map_size);
+    lk_gauge_set(s_m_used, (int64_t)st.used);
+    lk_gauge_set(s_m_readers, (int64_t)st.readers);
 }

@@ -479,6 +479,32 @@ static void test_reader_check(void **state)
     lk_cache_destroy(&c);
 }
 
+/* lk_cache_stats: the map size, pages in use, sessions, reader slots in use (ours). */
+static void test_stats(void **state)
+{
+    struct fixture *f = *state;
+    lk_cache_t *c = s_open_rw(f->env, MAP);
+    struct lk_cache_stats st;
+    struct lk_session s;
+    uint8_t h[32];
+
+    assert_int_equal(lk_cache_stats(c, &st), 0);
+    assert_int_equal(st.map_size, MAP);
+    assert_int_equal(st.sessions, 0);
+    assert_true(st.used > 0 && st.used <= MAP);
+    assert_true(st.readers >= 1 && st.readers <= st.max_readers);
+    size_t used = st.used;
+    for (uint32_t i = 0; i < 50; i++) {
+        s_hash(h, i);
+        s_session(&s, i, 1, 1000000);
+        assert_int_equal(lk_cache_session_put(c, h, &s), 0);
+    }
+    assert_int_equal(lk_cache_stats(c, &st), 0);
+    assert_int_equal(st.sessions, 50);
+    assert_true(st.used > used);
+    lk_cache_destroy(&c);
+}
+
 static void test_throttle_sequence(void **state)
 {
     struct fixture *f = *state;
@@ -581,6 +607,7 @@ int main(void)
         T(test_corrupt_values),
         T(test_map_full),
         T(test_reader_check),
+        T(test_stats),
         T(test_throttle_sequence),
         T(test_throttle_race),
     };

@@ -267,87 +267,120 @@ static void test_golden(void **state)
     size_t n = 0;
     memset(g, 0, sizeof g);
 
-    /* [1, 1, "signin", 1, 4242]: 4242 = 0x1092 is a uint16 */
+    /* [2, 1, "signin", 1, 4242]: 4242 = 0x1092 is a uint16 */
     g[n].m.type = MSG_WK_READY;
     strcpy(g[n].m.u.wk_ready.role, "signin");
     g[n].m.u.wk_ready.version = 1;
     g[n].m.u.wk_ready.pid = 4242;
-    g[n++].hex = "95 01 01 a6 73 69 67 6e 69 6e 01 cd 10 92";
+    g[n++].hex = "95 02 01 a6 73 69 67 6e 69 6e 01 cd 10 92";
 
-    /* [1, 2, 70000, 1]: 70000 = 0x11170 is a uint32 */
+    /* [2, 2, 70000, 1, 1]: 70000 = 0x11170 is a uint32 */
     g[n].m.type = MSG_WK_HEARTBEAT;
     g[n].m.u.wk_heartbeat.pid = 70000;
     g[n].m.u.wk_heartbeat.db_ok = 1;
-    g[n++].hex = "94 01 02 ce 00 01 11 70 01";
+    g[n].m.u.wk_heartbeat.busy = 1;
+    g[n++].hex = "95 02 02 ce 00 01 11 70 01 01";
 
-    /* [1, 3, 1700000000000]: 0x18BCFE56800, a positive int64 goes out as uint64 */
+    /* [2, 3, 1700000000000]: 0x18BCFE56800, a positive int64 goes out as uint64 */
     g[n].m.type = MSG_GW_HEARTBEAT;
     g[n].m.u.gw_heartbeat.now_ms = 1700000000000LL;
-    g[n++].hex = "93 01 03 cf 00 00 01 8b cf e5 68 00";
+    g[n++].hex = "93 02 03 cf 00 00 01 8b cf e5 68 00";
 
-    /* [1, 10, 1, "r", -1, "a@b.c", "pw"]: -1 is a negative fixint */
+    /* [2, 10, 1, "r", -1, "a@b.c", "pw"]: -1 is a negative fixint */
     g[n].m.type = MSG_GW_SIGNUP_REQUEST;
     g[n].m.u.gw_signup_request.job = 1;
     strcpy(g[n].m.u.gw_signup_request.rid, "r");
     g[n].m.u.gw_signup_request.deadline_ms = -1;
     strcpy(g[n].m.u.gw_signup_request.email, "a@b.c");
     strcpy(g[n].m.u.gw_signup_request.password, "pw");
-    g[n++].hex = "97 01 0a 01 a1 72 ff a5 61 40 62 2e 63 a2 70 77";
+    g[n++].hex = "97 02 0a 01 a1 72 ff a5 61 40 62 2e 63 a2 70 77";
 
-    /* [1, 11, 300, 201, "", "", 0, "u", -200]: 300 uint16, 201 uint8, -200 int16 (0xff38) */
+    /* [2, 11, 300, 201, "", "", 0, "u", -200]: 300 uint16, 201 uint8, -200 int16 (0xff38) */
     g[n].m.type = MSG_SU_SIGNUP_REPLY;
     g[n].m.u.su_signup_reply.job = 300;
     g[n].m.u.su_signup_reply.status = 201;
     strcpy(g[n].m.u.su_signup_reply.user_id, "u");
     g[n].m.u.su_signup_reply.created_ms = -200;
-    g[n++].hex = "99 01 0b cd 01 2c cc c9 a0 a0 00 a1 75 d1 ff 38";
+    g[n++].hex = "99 02 0b cd 01 2c cc c9 a0 a0 00 a1 75 d1 ff 38";
 
-    /* [1, 20, 2^32, "", 128, "x", ""]: 2^32 needs uint64; 128 is a uint8 */
+    /* [2, 20, 2^32, "", 128, "x", ""]: 2^32 needs uint64; 128 is a uint8 */
     g[n].m.type = MSG_GW_SIGNIN_REQUEST;
     g[n].m.u.gw_signin_request.job = 1ULL << 32;
     g[n].m.u.gw_signin_request.deadline_ms = 128;
     strcpy(g[n].m.u.gw_signin_request.email, "x");
-    g[n++].hex = "97 01 14 cf 00 00 00 01 00 00 00 00 a0 cc 80 a1 78 a0";
+    g[n++].hex = "97 02 14 cf 00 00 00 01 00 00 00 00 a0 cc 80 a1 78 a0";
 
-    /* [1, 21, 2, 200, "", "", 60, "t", "", 65536] */
+    /* [2, 21, 2, 200, "", "", 60, "t", "", 65536] */
     g[n].m.type = MSG_SI_SIGNIN_REPLY;
     g[n].m.u.si_signin_reply.job = 2;
     g[n].m.u.si_signin_reply.status = 200;
     g[n].m.u.si_signin_reply.retry_after = 60;
     strcpy(g[n].m.u.si_signin_reply.token, "t");
     g[n].m.u.si_signin_reply.expires_ms = 65536;
-    g[n++].hex = "9a 01 15 02 cc c8 a0 a0 3c a1 74 a0 ce 00 01 00 00";
+    g[n++].hex = "9a 02 15 02 cc c8 a0 a0 3c a1 74 a0 ce 00 01 00 00";
 
-    /* [1, 22, 3, "q", 0, bin 00..1f]: a 32-byte bin is bin8 (c4 20) */
+    /* [2, 22, 3, "q", 0, bin 00..1f]: a 32-byte bin is bin8 (c4 20) */
     g[n].m.type = MSG_GW_SIGNOUT_REQUEST;
     g[n].m.u.gw_signout_request.job = 3;
     strcpy(g[n].m.u.gw_signout_request.rid, "q");
     for (int i = 0; i < 32; i++)
         g[n].m.u.gw_signout_request.token_hash[i] = (uint8_t)i;
-    g[n++].hex = "96 01 16 03 a1 71 00 c4 20 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+    g[n++].hex = "96 02 16 03 a1 71 00 c4 20 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
                  " 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f";
 
-    /* [1, 23, 4, 204, "e", 32 chars]: 32 bytes no longer fit a fixstr: str8 (d9 20) */
+    /* [2, 23, 4, 204, "e", 32 chars]: 32 bytes no longer fit a fixstr: str8 (d9 20) */
     g[n].m.type = MSG_SI_SIGNOUT_REPLY;
     g[n].m.u.si_signout_reply.job = 4;
     g[n].m.u.si_signout_reply.status = 204;
     strcpy(g[n].m.u.si_signout_reply.error, "e");
     strcpy(g[n].m.u.si_signout_reply.message, "0123456789abcdef0123456789abcdef");
-    g[n++].hex = "96 01 17 04 cc cc a1 65 d9 20 30 31 32 33 34 35 36 37 38 39 61 62 63 64 65 66"
+    g[n++].hex = "96 02 17 04 cc cc a1 65 d9 20 30 31 32 33 34 35 36 37 38 39 61 62 63 64 65 66"
                  " 30 31 32 33 34 35 36 37 38 39 61 62 63 64 65 66";
 
-    /* [1, 40, "status", "", 0] */
+    /* [2, 40, "status", "", 0] */
     g[n].m.type = MSG_CT_COMMAND_REQUEST;
     strcpy(g[n].m.u.ct_command_request.command, "status");
-    g[n++].hex = "95 01 28 a6 73 74 61 74 75 73 a0 00";
+    g[n++].hex = "95 02 28 a6 73 74 61 74 75 73 a0 00";
 
-    /* [1, 41, 500, 300 x "z"]: 300 bytes need a str16 (da 01 2c) */
+    /* [2, 41, 500, 300 x "z"]: 300 bytes need a str16 (da 01 2c) */
     g[n].m.type = MSG_SV_COMMAND_REPLY;
     g[n].m.u.sv_command_reply.status = 500;
     memset(g[n].m.u.sv_command_reply.text, 'z', 300);
     g[n].nrep = 300;
     g[n].rep = 'z';
-    g[n++].hex = "94 01 29 cd 01 f4 da 01 2c";
+    g[n++].hex = "94 02 29 cd 01 f4 da 01 2c";
+
+    /* [2, 42, 7, 2^40, 1]: 2^40 needs a uint64 */
+    g[n].m.type = MSG_RO_STATUS;
+    g[n].m.u.ro_status.pid = 7;
+    g[n].m.u.ro_status.jobs_done = 1ULL << 40;
+    g[n].m.u.ro_status.busy = 1;
+    g[n++].hex = "95 02 2a 07 cf 00 00 01 00 00 00 00 00 01";
+
+    /* [2, 50, "gateway", 4242, 2^40, 300, 1, 300 x "x"]: the samples need a str16 */
+    g[n].m.type = MSG_RO_METRICS_REPORT;
+    strcpy(g[n].m.u.ro_metrics_report.role, "gateway");
+    g[n].m.u.ro_metrics_report.pid = 4242;
+    g[n].m.u.ro_metrics_report.instance = 1ULL << 40;
+    g[n].m.u.ro_metrics_report.seq = 300;
+    g[n].m.u.ro_metrics_report.final = 1;
+    memset(g[n].m.u.ro_metrics_report.samples, 'x', 300);
+    g[n].nrep = 300;
+    g[n].rep = 'x';
+    g[n++].hex = "98 02 32 a7 67 61 74 65 77 61 79 cd 10 92 cf 00 00 01 00 00 00 00 00"
+                 " cd 01 2c 01 da 01 2c";
+
+    /* [2, 51, 2^33] */
+    g[n].m.type = MSG_GW_METRICS_QUERY;
+    g[n].m.u.gw_metrics_query.query = 1ULL << 33;
+    g[n++].hex = "93 02 33 cf 00 00 00 02 00 00 00 00";
+
+    /* [2, 52, 5, 0, 1, "# x\n"] */
+    g[n].m.type = MSG_MC_METRICS_PAGE;
+    g[n].m.u.mc_metrics_page.query = 5;
+    g[n].m.u.mc_metrics_page.pages = 1;
+    strcpy(g[n].m.u.mc_metrics_page.text, "# x\n");
+    g[n++].hex = "96 02 34 05 00 01 a4 23 20 78 0a";
 
     for (size_t i = 0; i < n; i++) {
         uint8_t want[LK_MSG_MAX], got[LK_MSG_MAX];
@@ -428,13 +461,13 @@ static void test_header_errors(void **state)
     for (size_t i = 0; i < sizeof notarray / sizeof notarray[0]; i++)
         s_decode_expect(notarray[i], 3, LK_EMALFORMED, &out);
     /* A container header claiming 4 billion elements allocates nothing and fails. */
-    static const uint8_t huge[] = {0xdd, 0xff, 0xff, 0xff, 0xff, 0x01, 0x01};
+    static const uint8_t huge[] = {0xdd, 0xff, 0xff, 0xff, 0xff, LK_PROTO_VERSION, 0x01};
     s_decode_expect(huge, sizeof huge, LK_EMALFORMED, &out);
-    static const uint8_t huge16[] = {0xdc, 0xff, 0xff, 0x01, 0x01};
+    static const uint8_t huge16[] = {0xdc, 0xff, 0xff, LK_PROTO_VERSION, 0x01};
     s_decode_expect(huge16, sizeof huge16, LK_EMALFORMED, &out);
     static const uint8_t hugemap[] = {0xdf, 0xff, 0xff, 0xff, 0xff};
     s_decode_expect(hugemap, sizeof hugemap, LK_EMALFORMED, &out);
-    static const uint8_t tiny[][2] = {{0x90}, {0x91, 0x01}};
+    static const uint8_t tiny[][2] = {{0x90}, {0x91, LK_PROTO_VERSION}};
     s_decode_expect(tiny[0], 1, LK_EMALFORMED, &out);
     s_decode_expect(tiny[1], 2, LK_EMALFORMED, &out);
 
@@ -447,7 +480,8 @@ static void test_header_errors(void **state)
         uint32_t n = (uint32_t)s->nfields;
 
         /* Wrong protocol version: LK_EVERSION whatever the rest. */
-        static const uint64_t versions[] = {0, 2, 255, 1ULL << 32, UINT64_MAX};
+        static const uint64_t versions[] = {0, LK_PROTO_VERSION - 1, LK_PROTO_VERSION + 1, 255,
+                                            1ULL << 32, UINT64_MAX};
         for (size_t i = 0; i < sizeof versions / sizeof versions[0]; i++) {
             s_begin(&b, 2 + n, versions[i], (uint64_t)type);
             for (size_t j = 0; j < n; j++)

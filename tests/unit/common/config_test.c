@@ -533,6 +533,7 @@ static void test_derived(void **state)
     assert_string_equal(c.paths.var, "/tmp/lk");
     assert_string_equal(c.gateway.backend, "ipc:///tmp/lk/run/backend.ipc");
     assert_string_equal(c.metrics.endpoint, "ipc:///tmp/lk/run/metrics.ipc");
+    assert_string_equal(c.metrics.query_endpoint, "ipc:///tmp/lk/run/metrics-query.ipc");
     assert_string_equal(c.supervisor.control, "ipc:///tmp/lk/run/control.ipc");
     assert_string_equal(c.cache.path, "/tmp/lk/cache");
 
@@ -559,7 +560,7 @@ static void test_derived(void **state)
     assert_non_null(strstr(err, "t.conf: gateway.backend: ipc path longer than 107 bytes"));
     snprintf(text, sizeof text,
              "[paths]\nvar = %s\n[gateway]\nbackend = tcp://h:1\n[metrics]\nendpoint = "
-             "tcp://h:2\n[supervisor]\ncontrol = tcp://h:3\n",
+             "tcp://h:2\nquery_endpoint = tcp://h:4\n[supervisor]\ncontrol = tcp://h:3\n",
              var);
     s_ok(text, &c);
     assert_string_equal(c.paths.var, var);
@@ -568,7 +569,7 @@ static void test_derived(void **state)
     var[509] = '\0';
     snprintf(text, sizeof text,
              "[paths]\nvar = %s\n[gateway]\nbackend = tcp://h:1\n[metrics]\nendpoint = "
-             "tcp://h:2\n[supervisor]\ncontrol = tcp://h:3\n",
+             "tcp://h:2\nquery_endpoint = tcp://h:4\n[supervisor]\ncontrol = tcp://h:3\n",
              var);
     assert_int_equal(lk_config_load_string(&c, text, "t.conf", 0, err, sizeof err), LK_ECONFIG);
     assert_string_equal(err, "t.conf: cache.path: derived value too long (shorten paths.var)");

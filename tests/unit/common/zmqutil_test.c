@@ -184,7 +184,7 @@ static void test_extra_frames(void **state)
 
     /* Payloads that are one frame but not a message: empty, junk, wrong version,
      * larger than LK_MSG_MAX (inproc bypasses ZMQ_MAXMSGSIZE). */
-    static const uint8_t v2[] = {0x94, 0x02, 0x02, 0x01, 0x01};
+    static const uint8_t v2[] = {0x94, LK_PROTO_VERSION + 1, 0x02, 0x01, 0x01};
     uint8_t *big = calloc(1, LK_MSG_MAX + 1);
     assert_non_null(big);
     memcpy(big, buf, len); /* a valid message followed by zeros */
