@@ -15,6 +15,8 @@
 
 #define S_DB_NAME "sessions"
 #define S_TDB_NAME "throttle"
+#define S_MDB_NAME "meta"
+#define S_META_MAX 64
 #define S_KEY_LEN 32
 
 /* Value layout, little-endian whatever the host, so a cache file means the same thing to
@@ -37,6 +39,9 @@ struct lk_cache {
     MDB_dbi dbi;
     MDB_dbi tdbi;     /* "throttle": counters keyed by a 32-byte hash (see cache.h) */
     int has_tdbi;
+    MDB_dbi mdbi;     /* "meta": small named values (the warm-up marker, see cache.h) */
+    int has_mdbi;
+    size_t max_map;   /* growth ceiling on MDB_MAP_FULL; 0 = never grow */
     /* The one read transaction of this handle, kept reset between lookups: renew costs a
      * few loads and stores on the reader slot it already owns, where begin/abort would
      * allocate and search the reader table on every validate. NULL until first needed or
@@ -50,6 +55,7 @@ static int s_read_begin(lk_cache_t *self, MDB_txn **txn);
 static void s_read_end(lk_cache_t *self);
 static int s_write_begin(lk_cache_t *self, MDB_txn **txn);
 static int s_commit(MDB_txn *txn, const char *what);
+static int s_grow(lk_cache_t *self);
 static size_t s_encode(const struct lk_session *s, uint8_t buf[S_VALUE_MAX]);
 static int s_decode(const MDB_val *v, struct lk_session *out);
 
@@ -110,7 +116,9 @@ int lk_cache_open(const char *path, size_t map_size, int readonly, lk_cache_t **
      * any other read transaction begun meanwhile would take that slot and make our renew
      * fail with MDB_BAD_RSLOT. With NOTLS the kept-reset rtxn owns its slot for the life of
      * the handle, which is exactly the model the hot path relies on. */
-    unsigned flags = MDB_NOTLS | (self->readonly ? MDB_RDONLY : 0);
+    /* MDB_NOMETASYNC: see cache.h's Caveats (an OS crash may lose the last commits;
+     * the sweeper's start-up reconcile against Postgres repairs that before /ready). */
+    unsigned flags = MDB_NOTLS | (self->readonly ? MDB_RDONLY : MDB_NOMETASYNC);
     if (rc == 0)
         rc = mdb_env_open(self->env, path, flags, 0600);
     if (rc != 0) {
@@ -168,6 +176,14 @@ static int s_open_dbi(lk_cache_t *self, const char *path)
     else if (!(rc == MDB_NOTFOUND && self->readonly)) {
         mdb_txn_abort(txn);
         lk_error("cache: open database '" S_TDB_NAME "' in %s: %s", path, mdb_strerror(rc));
+        return s_open_err(rc);
+    }
+    rc = mdb_dbi_open(txn, S_MDB_NAME, self->readonly ? 0 : MDB_CREATE, &self->mdbi);
+    if (rc == 0)
+        self->has_mdbi = 1;
+    else if (!(rc == MDB_NOTFOUND && self->readonly)) {
+        mdb_txn_abort(txn);
+        lk_error("cache: open database '" S_MDB_NAME "' in %s: %s", path, mdb_strerror(rc));
         return s_open_err(rc);
     }
     rc = mdb_txn_commit(txn);
@@ -344,16 +360,214 @@ int lk_cache_session_put(lk_cache_t *self, const uint8_t hash[32], const struct 
     size_t n = s_encode(s, buf);
     if (n == 0)
         return -EINVAL; /* empty or unterminated email: a caller bug, not a cache failure */
+    for (;;) {
+        MDB_txn *txn;
+        int rc = s_write_begin(self, &txn);
+        if (rc != 0)
+            return rc;
+        MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash};
+        MDB_val v = {.mv_size = n, .mv_data = buf};
+        rc = mdb_put(txn, self->dbi, &k, &v, 0);
+        if (rc == 0)
+            rc = mdb_txn_commit(txn); /* frees txn either way */
+        else
+            mdb_txn_abort(txn);
+        if (rc == 0)
+            return 0;
+        if (rc != MDB_MAP_FULL || s_grow(self) != 0)
+            return s_write_fail(NULL, rc, "put");
+    }
+}
+
+int lk_cache_sessions_put_many(lk_cache_t *self, const uint8_t (*hashes)[32],
+                               const struct lk_session *s, size_t n, size_t *added)
+{
+    *added = 0;
+    if (self->readonly)
+        return -EPERM;
+    for (;;) {
+        MDB_txn *txn;
+        size_t a = 0;
+        int rc = s_write_begin(self, &txn);
+        if (rc != 0)
+            return rc;
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            uint8_t buf[S_VALUE_MAX];
+            size_t len = s_encode(&s[i], buf);
+            if (len == 0)
+                continue; /* no valid email: never servable, skip */
+            MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hashes[i]};
+            MDB_val v = {.mv_size = len, .mv_data = buf};
+            /* NOOVERWRITE: an entry already there was written through by a worker, at
+             * least as fresh as the page read from Postgres. */
+            rc = mdb_put(txn, self->dbi, &k, &v, MDB_NOOVERWRITE);
+            if (rc == MDB_KEYEXIST)
+                rc = 0;
+            else if (rc == 0)
+                a++;
+        }
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        if (rc == 0) {
+            *added = a;
+            return 0;
+        }
+        if (rc != MDB_MAP_FULL || s_grow(self) != 0)
+            return s_write_fail(NULL, rc, "put many");
+    }
+}
+
+int lk_cache_sessions_del_many(lk_cache_t *self, const uint8_t (*hashes)[32], size_t n,
+                               size_t *removed)
+{
+    *removed = 0;
     MDB_txn *txn;
     int rc = s_write_begin(self, &txn);
     if (rc != 0)
         return rc;
-    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash};
-    MDB_val v = {.mv_size = n, .mv_data = buf};
-    rc = mdb_put(txn, self->dbi, &k, &v, 0);
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++) {
+        MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hashes[i]};
+        rc = mdb_del(txn, self->dbi, &k, NULL);
+        if (rc == 0)
+            d++;
+        else if (rc != MDB_NOTFOUND)
+            return s_write_fail(txn, rc, "del many");
+    }
+    rc = s_commit(txn, "del many commit");
+    if (rc == 0)
+        *removed = d;
+    return rc;
+}
+
+int lk_cache_sessions_prune_range(lk_cache_t *self, const uint8_t after[32], const uint8_t *upto,
+                                  const uint8_t (*keep)[32], size_t nkeep,
+                                  int64_t created_before_ms, size_t *removed)
+{
+    *removed = 0;
+    MDB_txn *txn;
+    int rc = s_write_begin(self, &txn);
     if (rc != 0)
-        return s_write_fail(txn, rc, "put");
-    return s_commit(txn, "put commit");
+        return rc;
+    MDB_cursor *cur;
+    rc = mdb_cursor_open(txn, self->dbi, &cur);
+    if (rc != 0)
+        return s_write_fail(txn, rc, "prune cursor");
+    size_t n = 0, j = 0;
+    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)after}, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    /* Both sides are in key order: a merge. An entry equal to `after` was judged by the
+     * previous range. */
+    if (rc == 0 && k.mv_size == S_KEY_LEN && memcmp(k.mv_data, after, S_KEY_LEN) == 0)
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    while (rc == 0) {
+        if (k.mv_size != S_KEY_LEN) {
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+            continue;
+        }
+        if (upto && memcmp(k.mv_data, upto, S_KEY_LEN) > 0)
+            break;
+        while (j < nkeep && memcmp(keep[j], k.mv_data, S_KEY_LEN) < 0)
+            j++;
+        int kept = j < nkeep && memcmp(keep[j], k.mv_data, S_KEY_LEN) == 0;
+        struct lk_session s;
+        int corrupt = s_decode(&v, &s) != 0;
+        /* Young entries are spared: their row may have committed after the page was read. */
+        if (!kept && (corrupt || s.created_ms < created_before_ms)) {
+            rc = mdb_cursor_del(cur, 0);
+            if (rc != 0)
+                break;
+            n++;
+        }
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return s_write_fail(txn, rc, "prune");
+    rc = s_commit(txn, "prune commit");
+    if (rc == 0)
+        *removed = n;
+    return rc;
+}
+
+int lk_cache_meta_get(lk_cache_t *self, const char *name, char *out, size_t cap)
+{
+    if (!self->has_mdbi)
+        return LK_ENOTFOUND;
+    MDB_txn *txn;
+    int rc = s_read_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_val k = {.mv_size = strlen(name), .mv_data = (void *)name}, v;
+    rc = mdb_get(txn, self->mdbi, &k, &v);
+    if (rc == 0 && cap > 0) {
+        size_t n = v.mv_size < cap - 1 ? v.mv_size : cap - 1;
+        memcpy(out, v.mv_data, n);
+        out[n] = '\0';
+    }
+    s_read_end(self);
+    if (rc == MDB_NOTFOUND)
+        return LK_ENOTFOUND;
+    if (rc != 0) {
+        lk_error("cache: meta get: %s", mdb_strerror(rc));
+        return LK_ECACHE;
+    }
+    return 0;
+}
+
+int lk_cache_meta_put(lk_cache_t *self, const char *name, const char *value)
+{
+    if (self->readonly || !self->has_mdbi)
+        return -EPERM;
+    size_t nlen = strlen(name), vlen = value ? strlen(value) : 0;
+    if (nlen == 0 || nlen > S_META_MAX || vlen > S_META_MAX)
+        return -EINVAL;
+    MDB_txn *txn;
+    int rc = s_write_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_val k = {.mv_size = nlen, .mv_data = (void *)name};
+    if (value == NULL) {
+        rc = mdb_del(txn, self->mdbi, &k, NULL);
+        if (rc == MDB_NOTFOUND) {
+            mdb_txn_abort(txn);
+            return 0;
+        }
+    } else {
+        MDB_val v = {.mv_size = vlen, .mv_data = (void *)value};
+        rc = mdb_put(txn, self->mdbi, &k, &v, 0);
+    }
+    if (rc != 0)
+        return s_write_fail(txn, rc, "meta put");
+    return s_commit(txn, "meta commit");
+}
+
+void lk_cache_set_max_map(lk_cache_t *self, size_t max_map)
+{
+    self->max_map = max_map;
+}
+
+/* MDB_MAP_FULL: doubles the map (at most max_map) so the caller can retry the whole
+ * transaction. Legal here: the failed write transaction is gone and our read transaction
+ * is reset. Other processes adopt the new size on their next begin (MDB_MAP_RESIZED).
+ * Returns 0 (grown) or -1 (at the ceiling, or LMDB refused). */
+static int s_grow(lk_cache_t *self)
+{
+    MDB_envinfo info;
+    if (self->max_map == 0 || mdb_env_info(self->env, &info) != 0 ||
+        info.me_mapsize >= self->max_map)
+        return -1;
+    size_t next = info.me_mapsize > self->max_map / 2 ? self->max_map : info.me_mapsize * 2;
+    int rc = mdb_env_set_mapsize(self->env, next);
+    if (rc != 0) {
+        lk_error("cache: grow map to %zu bytes: %s", next, mdb_strerror(rc));
+        return -1;
+    }
+    lk_warn("cache: map full: grown from %zu to %zu bytes (cache.max_map_size %zu)",
+            (size_t)info.me_mapsize, next, self->max_map);
+    return 0;
 }
 
 int lk_cache_session_del(lk_cache_t *self, const uint8_t hash[32])
@@ -487,6 +701,7 @@ int lk_cache_throttle_acquire(lk_cache_t *self, const uint8_t key[32], int64_t n
 {
     if (!self->has_tdbi)
         return -EPERM;
+retry:;
     MDB_txn *txn;
     int rc = s_write_begin(self, &txn);
     if (rc != 0)
@@ -526,10 +741,17 @@ int lk_cache_throttle_acquire(lk_cache_t *self, const uint8_t key[32], int64_t n
     v.mv_size = S_TLEN;
     v.mv_data = buf;
     rc = mdb_put(txn, self->tdbi, &k, &v, 0);
+    if (rc == 0)
+        rc = mdb_txn_commit(txn); /* frees txn either way */
+    else
+        mdb_txn_abort(txn);
+    /* Map full: grow and run the whole check-and-count again (nothing was counted). */
+    if (rc == MDB_MAP_FULL && s_grow(self) == 0)
+        goto retry;
     if (rc != 0)
-        return s_write_fail(txn, rc, "throttle put");
+        return s_write_fail(NULL, rc, "throttle put");
     *retry_ms = 0;
-    return s_commit(txn, "throttle commit");
+    return 0;
 }
 
 int lk_cache_throttle_reset(lk_cache_t *self, const uint8_t key[32])

@@ -15,6 +15,20 @@
  * - The environment must exist before a read-only open: lk_cache_open(readonly=0) creates
  *   it (the supervisor does so before starting any role).
  * - Not thread-safe: one lk_cache_t per thread (every role is single-threaded).
+ * - Sync mode: read-write handles open with MDB_NOMETASYNC. Each commit still flushes its
+ *   data pages, but the meta page is flushed with the next commit: an OS crash (not a
+ *   process crash: the page cache survives those) may undo the last commit(s), and never
+ *   corrupts the file. Losing a commit is acceptable because Postgres is the source of
+ *   truth and the cache is rebuilt from it: latchkeyd clears the "warm" marker at every
+ *   start, and the sweeper's warm-up then puts every live row and deletes every entry
+ *   whose row is gone (so a revoke undone by a crash is redone) before the gateway's
+ *   /ready answers 200. MDB_NOSYNC would be faster still but may corrupt the file on an
+ *   OS crash with a file system that reorders writes; a corrupt map would need an
+ *   operator to delete it, so NOMETASYNC is the trade-off taken.
+ * - Map growth: on MDB_MAP_FULL a session put (single or bulk) or a throttle count doubles
+ *   the map (up to the ceiling set with lk_cache_set_max_map, config cache.max_map_size)
+ *   and retries; other processes adopt the new size on their next transaction
+ *   (MDB_MAP_RESIZED). Deletes and sweeps do not grow it (they free pages).
  */
 #ifndef LK_CACHE_H
 #define LK_CACHE_H
@@ -94,6 +108,41 @@ int lk_cache_throttle_reset(lk_cache_t *self, const uint8_t key[32]) LK_WUR;
 /* Deletes up to max records neither updated nor locked since before_ms (the sweeper).
  * *removed gets the count. Returns 0 or LK_ECACHE. */
 int lk_cache_throttle_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed) LK_WUR;
+
+/* The warm-up and reconcile of the sweeper (Postgres -> cache).
+ *
+ * lk_cache_sessions_put_many: stores the n sessions whose entries are absent (an entry
+ * present is left alone: a worker wrote it through), in one write transaction, growing
+ * the map when full. *added gets how many were stored. Read-only handles get -EPERM.
+ *
+ * lk_cache_sessions_prune_range: deletes the entries with key in (after, upto] (upto
+ * NULL: to the end) that are not among keep (nkeep hashes in ascending byte order: the
+ * rows Postgres holds in that range) and were created before created_before_ms (younger
+ * entries may belong to rows committed after the page was read). Corrupt values go too.
+ * *removed gets the count. Returns 0 or LK_ECACHE. */
+int lk_cache_sessions_put_many(lk_cache_t *self, const uint8_t (*hashes)[32],
+                               const struct lk_session *s, size_t n, size_t *added) LK_WUR;
+/* Deletes the n token hashes present (absent ones are skipped) in one write transaction
+ * (the sweeper: one commit per batch, not per entry); *removed gets how many were there.
+ * Returns 0, -EPERM (read-only) or LK_ECACHE. */
+int lk_cache_sessions_del_many(lk_cache_t *self, const uint8_t (*hashes)[32], size_t n,
+                               size_t *removed) LK_WUR;
+int lk_cache_sessions_prune_range(lk_cache_t *self, const uint8_t after[32],
+                                  const uint8_t *upto, const uint8_t (*keep)[32], size_t nkeep,
+                                  int64_t created_before_ms, size_t *removed) LK_WUR;
+
+/* Small named values in the "meta" database (names and values up to 64 bytes), e.g.
+ * LK_CACHE_META_WARM: set by the sweeper when the cache holds every live session of
+ * Postgres, cleared by latchkeyd at start; the gateway's /ready requires it.
+ * lk_cache_meta_get copies the value NUL-terminated into out (truncated to cap - 1);
+ * returns 0, LK_ENOTFOUND or LK_ECACHE. lk_cache_meta_put stores value (NULL: deletes
+ * the name); returns 0, -EINVAL, -EPERM (read-only) or LK_ECACHE. */
+#define LK_CACHE_META_WARM "warm"
+int lk_cache_meta_get(lk_cache_t *self, const char *name, char *out, size_t cap) LK_WUR;
+int lk_cache_meta_put(lk_cache_t *self, const char *name, const char *value) LK_WUR;
+
+/* Sets the size up to which the map may grow on MDB_MAP_FULL (0: never grows). */
+void lk_cache_set_max_map(lk_cache_t *self, size_t max_map);
 
 /* Clears reader slots left by dead processes; *dead gets how many. Returns 0 or LK_ECACHE. */
 int lk_cache_reader_check(lk_cache_t *self, int *dead) LK_WUR;

@@ -6,6 +6,7 @@
  */
 #include "config.h"
 
+#include "ratelimit.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -88,6 +89,8 @@ static const struct s_key s_keys[] = {
 
     S_ROW(signup, count, count, S_INT, "0", 1, 0, 256,
           "signup worker processes; 0 = number of online CPU cores"),
+    S_ROW(signup, repeat_window, repeat_window_ms, S_DUR, "300s", 1, 0, 24 * S_HOUR,
+          "a repeat signup of an email that signed up within this gets 429 (0 = off)"),
     S_ROW(signin, count, count, S_INT, "0", 1, 0, 256,
           "signin worker processes; 0 = number of online CPU cores"),
 
@@ -103,6 +106,26 @@ static const struct s_key s_keys[] = {
     S_ROW(hash, ops, ops, S_INT, "2", 0, 1, 10, "argon2id iterations (t)"),
     S_ROW(hash, mem, mem, S_SIZE, "19MiB", 0, crypto_pwhash_MEMLIMIT_MIN, 4 * S_GIB,
           "argon2id memory per hash (m)"),
+    S_ROW(hash, max_ops, max_ops, S_INT, "10", 0, 1, 100,
+          "ceiling of a stored hash's iterations: a costlier stored hash fails verification"),
+    S_ROW(hash, max_mem, max_mem, S_SIZE, "256MiB", 0, crypto_pwhash_MEMLIMIT_MIN, 4 * S_GIB,
+          "ceiling of a stored hash's memory: a costlier stored hash fails verification"),
+
+    S_ROW(throttle, max_failures, max_failures, S_INT, "5", 1, 0, 1000,
+          "signin attempts per email (existing or not) before it is locked; a success "
+          "resets the count (0 = no per-account throttling)"),
+    S_ROW(throttle, base_delay, base_delay_ms, S_DUR, "1s", 1, 0, S_HOUR,
+          "first lock after max_failures; doubles with each further failure"),
+    S_ROW(throttle, max_delay, max_delay_ms, S_DUR, "15m", 1, 0, 24 * S_HOUR,
+          "longest lock of an email"),
+
+    S_ROW(ratelimit, client_rate, client_rate, S_INT, "10", 1, 0, 1000000,
+          "signup and signin requests per second per client IP (token bucket); 0 = off"),
+    S_ROW(ratelimit, client_burst, client_burst, S_INT, "60", 1, 1, 1000000,
+          "token bucket size per client IP"),
+    S_ROW(ratelimit, trusted_proxies, trusted_proxies, S_STR, "", 0, 0, 0,
+          "comma-separated proxy IPs; only from these is X-Forwarded-For believed (its "
+          "rightmost address not in the list is the client)"),
 
     S_ROW(database, url, url, S_STR, "", 0, 0, 0,
           "libpq connection URL or conninfo; empty = the embedded Postgres under paths.var"),
@@ -116,11 +139,15 @@ static const struct s_key s_keys[] = {
           "LMDB environment directory; empty = <paths.var>/cache"),
     S_ROW(cache, map_size, map_size, S_SIZE, "1GiB", 0, S_MIB, S_TIB,
           "LMDB map size: the most the session cache can hold"),
+    S_ROW(cache, max_map_size, max_map_size, S_SIZE, "16GiB", 0, S_MIB, S_TIB,
+          "when the map is full it doubles, up to this size, instead of failing writes"),
 
     S_ROW(sweeper, interval, interval_ms, S_DUR, "60s", 1, S_SEC, 24 * S_HOUR,
           "how often expired sessions are deleted"),
     S_ROW(sweeper, grace, grace_ms, S_DUR, "1h", 1, 0, 30 * 24 * S_HOUR,
           "how long an expired session row is kept before deletion (0 allowed)"),
+    S_ROW(sweeper, analyze_at, analyze_at, S_STR, "02:00", 1, 0, 0,
+          "local time HH:MM of the daily ANALYZE of users and user_sessions; empty = never"),
 
     S_ROW(metrics, endpoint, endpoint, S_STR, "", 0, 0, 0,
           "ZeroMQ PULL endpoint of the metrics collector; empty = "
@@ -620,6 +647,14 @@ static int s_resolve(struct s_parser *self)
     struct lk_config *c = self->cfg;
     char var[LK_PATH_MAX];
 
+    /* sweeper.analyze_at: empty, or HH:MM (00:00 to 23:59). */
+    const char *at = c->sweeper.analyze_at;
+    if (at[0] && !(strlen(at) == 5 && isdigit((unsigned char)at[0]) &&
+                   isdigit((unsigned char)at[1]) && at[2] == ':' &&
+                   isdigit((unsigned char)at[3]) && isdigit((unsigned char)at[4]) &&
+                   (at[0] - '0') * 10 + (at[1] - '0') < 24 && at[3] < '6'))
+        return s_fail(self, "sweeper.analyze_at: '%s' is not a local time HH:MM (or empty)", at);
+
     /* Roles are exec'd by latchkeyd and may chdir; one absolute state directory keeps
      * every process pointing at the same place. */
     const char *rel = c->paths.var;
@@ -685,6 +720,14 @@ static int s_resolve(struct s_parser *self)
     if ((size_t)c->password.min_length > c->password.max_bytes)
         return s_fail(self, "password.min_length (%d) exceeds password.max_bytes (%zu)",
                       c->password.min_length, c->password.max_bytes);
+    struct lk_ip_list proxies;
+    if (lk_ip_list_parse(c->ratelimit.trusted_proxies, &proxies) != 0)
+        return s_fail(self, "ratelimit.trusted_proxies: not a comma-separated list of at most "
+                      "%d IP addresses", LK_RL_TRUSTED_MAX);
+    /* A ceiling below the configured cost would refuse every hash the service makes. */
+    if (c->hash.ops > c->hash.max_ops || c->hash.mem > c->hash.max_mem)
+        return s_fail(self, "hash.ops/hash.mem (%d, %zu) exceed hash.max_ops/hash.max_mem "
+                      "(%d, %zu)", c->hash.ops, c->hash.mem, c->hash.max_ops, c->hash.max_mem);
     return 0;
 }
 

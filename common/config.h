@@ -58,6 +58,7 @@ struct lk_config {
     } gateway;
     struct {
         int count;                      /* signup worker processes; 0 = number of cores */
+        int64_t repeat_window_ms;       /* 429 for a repeat signup of an email within this */
     } signup;
     struct {
         int count;                      /* signin worker processes; 0 = number of cores */
@@ -72,7 +73,21 @@ struct lk_config {
     struct {
         int ops;                        /* argon2id iterations (t) */
         size_t mem;                     /* argon2id memory in bytes (m) */
+        int max_ops;                    /* ceiling of a stored hash's t: above it, a failed
+                                           verification (a tampered row) */
+        size_t max_mem;                 /* ceiling of a stored hash's m, bytes */
     } hash;
+    struct {
+        int max_failures;               /* signin attempts per email before the lock */
+        int64_t base_delay_ms;          /* first lock; doubles per further attempt */
+        int64_t max_delay_ms;           /* longest lock */
+    } throttle;
+    struct {
+        int client_rate;                /* signup+signin requests/s per client IP; 0 = off */
+        int client_burst;               /* token bucket size */
+        char trusted_proxies[1024];     /* comma-separated IPs whose X-Forwarded-For is
+                                           believed; empty = none */
+    } ratelimit;
     struct {
         char url[1024];                 /* libpq conninfo or URL; empty = embedded Postgres */
     } database;
@@ -85,10 +100,12 @@ struct lk_config {
     struct {
         char path[LK_PATH_MAX];         /* LMDB environment directory; empty = <var>/cache */
         size_t map_size;                /* bytes */
+        size_t max_map_size;            /* bytes the map may grow to when full */
     } cache;
     struct {
         int64_t interval_ms;            /* how often expired sessions are deleted */
         int64_t grace_ms;               /* how long after expiry a session row is kept */
+        char analyze_at[8];             /* "HH:MM" local time of the daily ANALYZE; "" = never */
     } sweeper;
     struct {
         char endpoint[LK_ENDPOINT_MAX]; /* ZeroMQ PULL endpoint of the metrics collector */

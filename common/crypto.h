@@ -58,4 +58,13 @@ void lk_wipe(void *p, size_t len);
 /* Constant-time equality of two buffers of len bytes: 1 if equal, 0 if not. */
 int lk_equal(const void *a, const void *b, size_t len);
 
+/* The throttling key of an email: BLAKE2b-256 of tag (e.g. "signin:") followed by the
+ * normalized email, so the cache never holds the address itself. */
+void lk_throttle_key(const char *tag, const char *email, uint8_t out[32]);
+
+/* For processes that hold passwords in memory (the workers): no core dumps
+ * (RLIMIT_CORE 0) and not dumpable (PR_SET_DUMPABLE 0: no ptrace by same-uid processes,
+ * no /proc/PID/mem). Returns 0 or -errno. */
+int lk_no_core_dumps(void) LK_WUR;
+
 #endif

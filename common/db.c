@@ -65,6 +65,9 @@ enum s_stmt {
     S_SESSIONS_EXPIRE_RETURNING,
     S_USER_SESSIONS_DELETE,
     S_SESSIONS_LIVE_PAGE,
+    S_USER_SET_HASH,
+    S_SESSION_USER,
+    S_USER_SET_ACTIVE,
     S_PING,
     S_NSTMT
 };
@@ -95,19 +98,25 @@ static const struct s_stmt_def {
     [S_SESSION_DELETE] = {"lk_session_delete", "DELETE FROM user_sessions WHERE token_hash = $1",
                           1},
     /* The LIMIT keeps each sweep's transaction (and its row locks) short; the subquery is
-     * how DELETE gets a LIMIT, and it rides user_sessions_expires_at_idx. */
+     * how DELETE gets a LIMIT, and it rides user_sessions_expires_at_idx. The shape matters
+     * for the generic plan a prepared statement ends up with (tests/integration/
+     * db_scale_test.py): "token_hash IN (SELECT ... LIMIT $2)" became a hash semi join over
+     * a Seq Scan of the whole table at 100,000 rows; "= ANY (ARRAY(SELECT ... ORDER BY
+     * expires_at LIMIT $2))" is an ordered index scan that stops at $2 rows, then primary
+     * key probes. */
     [S_SESSIONS_EXPIRE] = {"lk_sessions_expire",
-                           "DELETE FROM user_sessions WHERE token_hash IN ("
+                           "DELETE FROM user_sessions WHERE token_hash = ANY (ARRAY("
                            "SELECT token_hash FROM user_sessions "
                            "WHERE expires_at < to_timestamp($1::double precision / 1000) "
-                           "LIMIT $2)",
+                           "ORDER BY expires_at LIMIT $2))",
                            2},
     /* The sweeper's form: the hashes come back so the very same entries leave the cache. */
     [S_SESSIONS_EXPIRE_RETURNING] = {"lk_sessions_expire_returning",
-                                     "DELETE FROM user_sessions WHERE token_hash IN ("
+                                     "DELETE FROM user_sessions WHERE token_hash = ANY (ARRAY("
                                      "SELECT token_hash FROM user_sessions "
                                      "WHERE expires_at < to_timestamp($1::double precision / 1000) "
-                                     "LIMIT $2) RETURNING encode(token_hash, 'hex')",
+                                     "ORDER BY expires_at LIMIT $2)) "
+                                     "RETURNING encode(token_hash, 'hex')",
                                      2},
     /* signout-all and disabling a user; rides user_sessions_user_id_expires_at_idx. */
     [S_USER_SESSIONS_DELETE] = {"lk_user_sessions_delete",
@@ -125,6 +134,20 @@ static const struct s_stmt_def {
                               "AND s.expires_at > to_timestamp($2::double precision / 1000) "
                               "ORDER BY s.token_hash LIMIT $3",
                               3},
+    /* Rehash at signin: only while the row still holds the hash that was verified. */
+    [S_USER_SET_HASH] = {"lk_user_set_hash",
+                         "UPDATE users SET password_hash = $2, updated_at = now() "
+                         "WHERE id = $1::uuid AND password_hash = $3",
+                         3},
+    /* signout-all: whose session is this (primary key lookup). */
+    [S_SESSION_USER] = {"lk_session_user",
+                        "SELECT user_id::text FROM user_sessions WHERE token_hash = $1", 1},
+    /* latchkeyctl user disable/enable. */
+    [S_USER_SET_ACTIVE] = {"lk_user_set_active",
+                           "UPDATE users SET is_active = $2::boolean, "
+                           "status = CASE WHEN $2::boolean THEN 'active' ELSE 'disabled' END, "
+                           "updated_at = now() WHERE email = $1 RETURNING id::text",
+                           2},
     [S_PING] = {"lk_ping", "SELECT 1", 0},
 };
 
@@ -169,7 +192,17 @@ int lk_db_connect(const char *conninfo, lk_db_t **out)
     lk_db_t *self = calloc(1, sizeof *self);
     if (self == NULL)
         return LK_EDB;
-    self->conn = PQconnectdb(conninfo);
+    /* Bounds on a blocking call, as defaults the conninfo may override (expand_dbname: its
+     * settings come after ours): a connect (and PQreset's reconnect) gives up after 2 s per
+     * host instead of the kernel's TCP timeout (~2 min on a blackholed host), and TCP
+     * keepalives notice a dead server under an idle or waiting connection within ~11 s.
+     * A worker is one job at a time and misses heartbeats (dead after 3) while blocked,
+     * which is why a failed call is retried once here and further retries happen between
+     * jobs (common/worker.c), not 3 x 5 s inside a request as the seed's EF setting does. */
+    static const char *const keys[] = {"connect_timeout", "keepalives_idle", "keepalives_interval",
+                                       "keepalives_count", "dbname", NULL};
+    const char *const vals[] = {"2", "5", "2", "3", conninfo, NULL};
+    self->conn = PQconnectdbParams(keys, vals, 1);
     if (self->conn == NULL) {
         lk_error("db: connect: out of memory");
         free(self);
@@ -490,6 +523,21 @@ static int s_simple(lk_db_t *self, const char *sql, const char *what)
         s_log_result_error(self->conn, r, what);
     PQclear(r);
     return ok ? 0 : LK_EDB;
+}
+
+int lk_db_analyze(lk_db_t *self)
+{
+    if (PQstatus(self->conn) == CONNECTION_BAD && s_reconnect(self) != 0)
+        return LK_EDB;
+    int rc = s_simple(self, "SET statement_timeout = 0", "analyze settings");
+    if (rc == 0)
+        rc = s_simple(self, "ANALYZE users, user_sessions", "analyze");
+    /* Back to the request settings whatever happened (a no-op if the connection died:
+     * the next call's reconnect applies them). */
+    if (PQstatus(self->conn) == CONNECTION_OK &&
+        s_simple(self, "SET statement_timeout = '30s'", "analyze settings") != 0)
+        rc = LK_EDB;
+    return rc;
 }
 
 /* [0-9][0-9][0-9]_*.sql */
@@ -905,6 +953,64 @@ int lk_db_sessions_live_page(lk_db_t *self, const uint8_t after[32], int64_t now
         }
         (*n)++;
     }
+    PQclear(r);
+    return 0;
+}
+
+int lk_db_user_set_password_hash(lk_db_t *self, const uint8_t id[16], const char *old_hash,
+                                 const char *new_hash)
+{
+    char uid[37];
+    lk_uuid_format(id, uid);
+    const char *values[3] = {uid, new_hash, old_hash};
+    PGresult *r;
+    int retried;
+    int rc = s_exec(self, S_USER_SET_HASH, values, NULL, NULL, PGRES_COMMAND_OK, &r, &retried);
+    int none = rc == 0 && strcmp(PQcmdTuples(r), "0") == 0;
+    PQclear(r);
+    if (rc != 0)
+        return LK_EDB;
+    return none && !retried ? LK_ENOTFOUND : 0;
+}
+
+int lk_db_session_user(lk_db_t *self, const uint8_t hash[32], char user_id[37])
+{
+    const char *values[1] = {(const char *)hash};
+    const int lengths[1] = {32};
+    const int formats[1] = {1};
+    PGresult *r;
+    int retried;
+    int rc = s_exec(self, S_SESSION_USER, values, lengths, formats, PGRES_TUPLES_OK, &r, &retried);
+    if (rc != 0) {
+        PQclear(r);
+        return LK_EDB;
+    }
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return LK_ENOTFOUND;
+    }
+    if (PQntuples(r) != 1 || PQnfields(r) != 1 || lk_strlcpy(user_id, PQgetvalue(r, 0, 0), 37) != 0)
+        return s_bad_row(r, "session_user");
+    PQclear(r);
+    return 0;
+}
+
+int lk_db_user_set_active(lk_db_t *self, const char *email, int active, char user_id[37])
+{
+    const char *values[2] = {email, active ? "true" : "false"};
+    PGresult *r;
+    int retried;
+    int rc = s_exec(self, S_USER_SET_ACTIVE, values, NULL, NULL, PGRES_TUPLES_OK, &r, &retried);
+    if (rc != 0) {
+        PQclear(r);
+        return LK_EDB;
+    }
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return LK_ENOTFOUND;
+    }
+    if (PQntuples(r) != 1 || PQnfields(r) != 1 || lk_strlcpy(user_id, PQgetvalue(r, 0, 0), 37) != 0)
+        return s_bad_row(r, "user_set_active");
     PQclear(r);
     return 0;
 }

@@ -5,6 +5,10 @@
  * - Calls block (workers and the sweeper run one job at a time; the gateway never calls
  *   this module).
  * - After a connection loss the next call reconnects once before failing with LK_EDB.
+ *   Connects time out after 2 s (connect_timeout, unless the conninfo sets it) and TCP
+ *   keepalives are on, so no call blocks a worker for long: the retries with backoff are
+ *   the worker loop's, between jobs (worker.c), where they cost no missed heartbeat; the
+ *   request meanwhile gets 503.
  * - libpq errors are logged here (without parameters: no email, no hash) and become LK_EDB.
  */
 #ifndef LK_DB_H
@@ -89,5 +93,24 @@ typedef int (*lk_db_session_cb)(void *arg, const uint8_t hash[32], const struct 
  * Returns 0, LK_EDB, or cb's non-zero value. */
 int lk_db_sessions_live_page(lk_db_t *self, const uint8_t after[32], int64_t now_ms, int limit,
                              lk_db_session_cb cb, void *arg, int *n) LK_WUR;
+
+/* Rehash after a successful signin: replaces the user's password hash while it is still
+ * old_hash. Returns 0, LK_ENOTFOUND (the row changed meanwhile: nothing done), or LK_EDB. */
+int lk_db_user_set_password_hash(lk_db_t *self, const uint8_t id[16], const char *old_hash,
+                                 const char *new_hash) LK_WUR;
+
+/* The user of a session (signout-all): user_id gets the canonical uuid string. Returns 0,
+ * LK_ENOTFOUND, or LK_EDB. */
+int lk_db_session_user(lk_db_t *self, const uint8_t hash[32], char user_id[37]) LK_WUR;
+
+/* Enables (active=1) or disables a user by normalized email (is_active and status);
+ * user_id gets its uuid string. Returns 0, LK_ENOTFOUND, or LK_EDB. */
+int lk_db_user_set_active(lk_db_t *self, const char *email, int active, char user_id[37]) LK_WUR;
+
+/* The sweeper's scheduled maintenance: ANALYZE users, user_sessions (fresh planner
+ * statistics keep the index plans of the hot queries). Not a prepared statement (a
+ * utility command); no statement_timeout applies (a large table may take longer).
+ * Reconnects once after a connection loss. Returns 0 or LK_EDB. */
+int lk_db_analyze(lk_db_t *self) LK_WUR;
 
 #endif

@@ -100,6 +100,8 @@ enum lk_metric_unit { LK_MU_ONE = 0, LK_MU_US };
       "Reader slots of the session cache in use")                                                  \
     X(LKM_CACHE_STALE_READERS, "latchkey_cache_stale_readers_cleared_total", LK_MK_COUNTER,        \
       LK_MU_ONE, "", "sweeper", "Reader slots of dead processes cleared by the sweeper")           \
+    X(LKM_SWEEPER_ANALYZE, "latchkey_sweeper_analyze_total", LK_MK_COUNTER, LK_MU_ONE, "result",   \
+      "sweeper", "Scheduled ANALYZE runs of users and user_sessions, by result (ok, error)")        \
     X(LKM_ARGON2_DURATION, "latchkey_argon2_duration_seconds", LK_MK_HISTOGRAM, LK_MU_US,          \
       "role,op", "workers", "argon2id password hashing (op=hash) and verification (op=verify)")    \
     X(LKM_RESIDENT_MEMORY, "latchkey_resident_memory_bytes", LK_MK_GAUGE, LK_MU_ONE, "role",       \

@@ -606,6 +606,11 @@ static void s_job_answer(const struct lk_msg *req, struct lk_msg *reply, uint32_
         reply->u.si_signout_reply.job = req->u.gw_signout_request.job;
         LK_REPLY_ERROR(&reply->u.si_signout_reply, status, code, text);
         return;
+    case MSG_GW_SIGNOUT_ALL_REQUEST:
+        reply->type = MSG_SI_SIGNOUT_ALL_REPLY;
+        reply->u.si_signout_all_reply.job = req->u.gw_signout_all_request.job;
+        LK_REPLY_ERROR(&reply->u.si_signout_all_reply, status, code, text);
+        return;
     default:
         lk_fatal("%s has a handler row but is not a job", lk_msg_type_str(req->type));
     }
@@ -647,6 +652,10 @@ static void s_job_head(const struct lk_msg *m, const char **rid, int64_t *deadli
     case MSG_GW_SIGNOUT_REQUEST:
         *rid = m->u.gw_signout_request.rid;
         *deadline_ms = m->u.gw_signout_request.deadline_ms;
+        return;
+    case MSG_GW_SIGNOUT_ALL_REQUEST:
+        *rid = m->u.gw_signout_all_request.rid;
+        *deadline_ms = m->u.gw_signout_all_request.deadline_ms;
         return;
     default:
         lk_fatal("%s has a handler row but is not a job", lk_msg_type_str(m->type));

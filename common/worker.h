@@ -38,8 +38,9 @@
 /* ---- every role ------------------------------------------------------------------------ */
 
 /* Start-up of a role: lk_die_with_parent(); parses argv ("-c FILE", the file optional);
- * lk_config_load into *cfg; lk_log_init(role, cfg->log.level); lk_crypto_init(); blocks
- * SIGTERM/SIGINT/SIGHUP into a signalfd. role and cfg are borrowed for the life of the
+ * lk_config_load into *cfg; lk_log_init(role, cfg->log.level) and lk_log_file(log.file);
+ * lk_crypto_init(); blocks SIGTERM/SIGINT/SIGHUP into a signalfd; lk_metrics_start(role,
+ * metrics.endpoint) (metrics.h). role and cfg are borrowed for the life of the
  * process (a string literal; a static): a SIGHUP reload rewrites *cfg in place.
  * Never returns on failure: a usage error exits 2, any other failure is logged and exits 1. */
 void lk_role_start(const char *role, int argc, char **argv, struct lk_config *cfg);
@@ -54,7 +55,8 @@ int lk_role_signal_fd(void);
  * running configuration stays and the reason is logged). */
 int lk_role_stopping(void);
 
-/* Waits ms milliseconds or until a stop signal. Returns 1 when stopping, else 0. */
+/* Waits ms milliseconds or until a stop signal, shipping metrics when due meanwhile
+ * (lk_metrics_tick). Returns 1 when stopping, else 0. */
 int lk_role_sleep(int64_t ms);
 
 /* ---- neighbours ------------------------------------------------------------------------ */

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # perf/lib.sh: shared helpers of the perf/ benchmark scripts (sourced, not run).
 #
 # Every benchmark runs a throwaway latchkey stack: its own mkdtemp state directory, a free
@@ -14,7 +15,8 @@ PERF_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PERF_BUILD=${PERF_BUILD:-release}
 PERF_BIN=$PERF_ROOT/build/$PERF_BUILD/bin
 PERF_TMP=
-PERF_SUP=      # latchkeyd pid
+PERF_SUP=      # latchkeyd pid of the stack started last
+PERF_SUPS=     # every latchkeyd pid started (perf_stack_start may be called more than once)
 PERF_NGINX=    # nginx master pid
 PERF_NGINX_WORKERS=
 PERF_WATCHDOG=
@@ -83,14 +85,18 @@ perf_nginx_stop() {
     PERF_NGINX_WORKERS=
 }
 
-perf_stack_stop() {
-    if perf_alive "$PERF_SUP"; then
-        kill -TERM "$PERF_SUP" 2>/dev/null
+perf_stack_stop() { # stops every stack started
+    local p
+    for p in $PERF_SUPS $PERF_SUP; do
+        perf_alive "$p" && kill -TERM "$p" 2>/dev/null
+    done
+    for p in $PERF_SUPS $PERF_SUP; do
         # the gateway drains for up to gateway.drain_timeout (2s here), Postgres stops last
-        perf_wait_gone "$PERF_SUP" 200 || kill -KILL "$PERF_SUP" 2>/dev/null
-        wait "$PERF_SUP" 2>/dev/null
-    fi
+        perf_wait_gone "$p" 200 || kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
     PERF_SUP=
+    PERF_SUPS=
 }
 
 perf_cleanup() {
@@ -125,8 +131,8 @@ perf_cleanup() {
 # the local end of some other program's client connection, and bind() then fails even
 # though nothing listens. Free = a bind() without SO_REUSEADDR succeeds now.
 perf_free_port() {
-    local lo hi port
-    read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || lo=32768
+    local lo port
+    read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || lo=32768
     [ "${lo:-0}" -gt 21000 ] || lo=32768
     while :; do
         port=$((20000 + RANDOM % (lo - 20000)))
@@ -156,8 +162,22 @@ perf_need_pkg() {
         { tail -n 20 "$PERF_TMP/apt.log" >&2; return 1; }
 }
 
+# The source the binaries were built from: HEAD, and a hash of the uncommitted changes of
+# the code (other people may be editing the tree while a benchmark runs).
+perf_source() {
+    local dirty head
+    head=$(cd "$PERF_ROOT" && git rev-parse --short HEAD 2>/dev/null)
+    if (cd "$PERF_ROOT" && git diff --quiet HEAD -- services common supervisor SConstruct SConscript 2>/dev/null); then
+        echo "$head"
+    else
+        dirty=$(cd "$PERF_ROOT" && git diff HEAD -- services common supervisor SConstruct SConscript 2>/dev/null | sha256sum | cut -c1-12)
+        echo "$head + uncommitted changes in services/, common/ or supervisor/ (diff sha256 $dirty)"
+    fi
+}
+
 # Builds the release binaries unless PERF_NO_BUILD=1 (scons is a no-op when up to date).
 perf_build() {
+    PERF_SOURCE="$(perf_source)$([ "${PERF_NO_BUILD:-0}" = 1 ] && echo ', binaries not rebuilt (PERF_NO_BUILD=1)')"
     if [ "${PERF_NO_BUILD:-0}" != 1 ]; then
         perf_log "building ($PERF_BUILD)"
         if [ "$PERF_BUILD" = release ]; then
@@ -179,33 +199,41 @@ perf_raise_nofile() {
 }
 
 # perf_stack_start [VAR=VALUE...]: starts latchkeyd on a free port with a config of its
-# own; extra LATCHKEY_* overrides come as arguments. Sets PERF_PORT, PERF_CONF, PERF_BASE.
+# own; extra LATCHKEY_* overrides come as arguments. Sets PERF_PORT, PERF_CONF, PERF_BASE,
+# PERF_VAR, PERF_STACK_LOG, PERF_SUP. With PERF_STACK_ID set, its files get that suffix,
+# so that several stacks can run side by side (each is stopped by the cleanup).
 # Should the port be taken between the check and the gateway's bind (another program's
 # test), the stack is stopped and started again on another port, up to 3 times.
 perf_stack_start() {
-    local try
-    for try in 1 2 3; do
+    local _try
+    for _try in 1 2 3; do
         perf_stack_try "$@" && return 0
-        if grep -q 'cannot listen on' "$PERF_TMP/stack.log" 2>/dev/null; then
+        if grep -q 'cannot listen on' "$PERF_STACK_LOG" 2>/dev/null; then
             perf_log "port $PERF_PORT was taken meanwhile; trying another"
-            perf_stack_stop
-            rm -rf "$PERF_TMP/var"
+            kill -TERM "$PERF_SUP" 2>/dev/null
+            perf_wait_gone "$PERF_SUP" 200 || kill -KILL "$PERF_SUP" 2>/dev/null
+            wait "$PERF_SUP" 2>/dev/null
+            PERF_SUP=
+            rm -rf "$PERF_VAR"
             continue
         fi
         break
     done
-    tail -n 40 "$PERF_TMP/stack.log" >&2
+    tail -n 40 "$PERF_STACK_LOG" >&2
     perf_die "the stack did not become ready on $PERF_BASE"
 }
 
 perf_stack_try() {
+    local sfx=${PERF_STACK_ID:+-$PERF_STACK_ID}
     PERF_PORT=$(perf_free_port)
     PERF_BASE=http://127.0.0.1:$PERF_PORT
-    PERF_CONF=$PERF_TMP/latchkey.conf
+    PERF_CONF=$PERF_TMP/latchkey$sfx.conf
+    PERF_VAR=$PERF_TMP/var$sfx
+    PERF_STACK_LOG=$PERF_TMP/stack$sfx.log
     cat >"$PERF_CONF" <<CONF
 # written by perf/lib.sh
 [paths]
-var = $PERF_TMP/var
+var = $PERF_VAR
 [gateway]
 listen = 127.0.0.1:$PERF_PORT
 drain_timeout = 2s
@@ -223,13 +251,14 @@ CONF
     if [ -n "${PERF_LOG_LEVEL:-}" ]; then
         printf '[log]\nlevel = %s\n' "$PERF_LOG_LEVEL" >>"$PERF_CONF"
     fi
-    perf_log "starting latchkeyd on $PERF_BASE (state $PERF_TMP/var)"
-    env "$@" "$PERF_BIN/latchkeyd" -c "$PERF_CONF" >"$PERF_TMP/stack.log" 2>&1 &
+    perf_log "starting latchkeyd on $PERF_BASE (state $PERF_VAR, log.level ${PERF_LOG_LEVEL:-default})"
+    env "$@" "$PERF_BIN/latchkeyd" -c "$PERF_CONF" >"$PERF_STACK_LOG" 2>&1 &
     PERF_SUP=$!
+    PERF_SUPS="$PERF_SUPS $PERF_SUP"
     local i
     for i in $(seq 1 300); do
         perf_alive "$PERF_SUP" || return 1
-        grep -q 'cannot listen on' "$PERF_TMP/stack.log" 2>/dev/null && return 1
+        grep -q 'cannot listen on' "$PERF_STACK_LOG" 2>/dev/null && return 1
         if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$PERF_BASE/ready")" = 200 ]; then
             return 0
         fi
@@ -238,11 +267,13 @@ CONF
     return 1
 }
 
-# The gateway's pid from latchkeyctl status (the row whose role is gateway).
-perf_gateway_pid() {
+# The gateways' pids from latchkeyctl status (rows whose role is gateway; one per
+# gateway.count), space-separated; perf_gateway_pid: the first.
+perf_gateway_pids() {
     "$PERF_BIN/latchkeyctl" -c "$PERF_CONF" status 2>/dev/null |
-        awk '$1 == "gateway" { for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/ && $i > 1) { print $i; exit } }'
+        awk '$1 == "gateway" { for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/ && $i > 1) { printf "%s ", $i; break } }'
 }
+perf_gateway_pid() { perf_gateway_pids | awk '{ print $1 }'; }
 
 # Signs up a user and signs in: prints the token.
 perf_token() {
@@ -303,13 +334,7 @@ perf_others() {
 # The machine, one "key: value" per line.
 perf_machine() {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    local dirty
-    dirty=$(cd "$PERF_ROOT" && git diff HEAD -- services common supervisor 2>/dev/null | sha256sum | cut -c1-12)
-    if (cd "$PERF_ROOT" && git diff --quiet HEAD -- services common supervisor 2>/dev/null); then
-        echo "commit: $(cd "$PERF_ROOT" && git rev-parse --short HEAD 2>/dev/null)"
-    else
-        echo "commit: $(cd "$PERF_ROOT" && git rev-parse --short HEAD 2>/dev/null) + uncommitted changes in services/, common/ or supervisor/ (diff sha256 $dirty)"
-    fi
+    echo "commit: ${PERF_SOURCE:-$(perf_source)} (working tree at build time)"
     echo "nproc: $(nproc)"
     echo "cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
     echo "memory: $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"

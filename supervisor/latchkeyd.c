@@ -15,7 +15,9 @@
  *               the binary, i.e. the repository's sql/)
  */
 #include "cache.h"
+#include "check.h"
 #include "codec.h"
+#include "crypto.h"
 #include "config.h"
 #include "db.h"
 #include "log.h"
@@ -33,6 +35,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
@@ -322,7 +325,15 @@ static int s_prepare_state(struct sup *s)
         lk_error("cannot open the session cache %s: %s", s->cfg.cache.path, lk_strerror(rc));
         return -1;
     }
+    /* The cache is complete again only after the sweeper's warm-up from Postgres (it may
+     * have lost commits in an OS crash, or be brand new): until then /ready says so. */
+    rc = lk_cache_meta_put(cache, LK_CACHE_META_WARM, NULL);
     lk_cache_destroy(&cache);
+    if (rc != 0) {
+        lk_error("cannot clear the cache's warm marker in %s: %s", s->cfg.cache.path,
+                 lk_strerror(rc));
+        return -1;
+    }
     return 0;
 }
 
@@ -338,10 +349,42 @@ static int s_start_postgres(struct sup *s)
     return rc;
 }
 
+/* An external database (database.url) may come up after latchkeyd: wait for it, retrying
+ * the connect every 1 s doubling to 8 s, for as long as it takes; SIGTERM or SIGINT (read
+ * from the signalfd, as the main loop does) gives up. The embedded Postgres was waited for
+ * by pgembed_start: one try. Returns 0 with *db connected, or LK_EDB. */
+static int s_connect_wait(struct sup *s, lk_db_t **db)
+{
+    int delay = 1000, waited = 0;
+    for (;;) {
+        if (lk_db_connect(s->conninfo, db) == 0) {
+            if (waited)
+                lk_info("Postgres is up: going on with the migrations");
+            return 0;
+        }
+        if (!s->cfg.database.url[0])
+            return LK_EDB;
+        lk_warn("Postgres (database.url) unreachable: waiting for it, next try in %d ms", delay);
+        waited = 1;
+        struct pollfd pfd = {.fd = s->sigfd, .events = POLLIN};
+        if (poll(&pfd, 1, delay) > 0) {
+            struct signalfd_siginfo si;
+            while (read(s->sigfd, &si, sizeof si) == sizeof si) {
+                if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                    lk_info("%s while waiting for Postgres: stopping",
+                            strsignal((int)si.ssi_signo));
+                    return LK_EDB;
+                }
+            }
+        }
+        delay = delay * 2 > 8000 ? 8000 : delay * 2;
+    }
+}
+
 static int s_migrate(struct sup *s)
 {
     lk_db_t *db = NULL;
-    int rc = lk_db_connect(s->conninfo, &db);
+    int rc = s_connect_wait(s, &db);
     if (rc == 0)
         rc = lk_db_migrate(db, s->sqldir);
     lk_db_destroy(&db);
@@ -710,6 +753,76 @@ static void s_scale(struct sup *s, int ri, int n)
     s_start_role(s, ri);
 }
 
+/* latchkeyctl user disable|enable EMAIL: is_active/status in Postgres; disabling also
+ * deletes every session of the user, rows then cache entries (the cache opened read-write
+ * for the moment), so the user's tokens stop validating before the answer. Runs inside
+ * latchkeyd's loop: a few queries, bounded by libpq's own timeouts. */
+#define S_USER_SESSIONS_MAX 4096
+static void s_user_active(struct sup *s, const char *arg, int active, char *text, size_t len,
+                          uint32_t *status)
+{
+    char email[LK_EMAIL_MAX + 1], uid[37] = "";
+    lk_db_t *db = NULL;
+    lk_cache_t *cache = NULL;
+    uint8_t (*hashes)[32] = NULL;
+    int n = 0, rc;
+
+    *status = 1;
+    if (lk_email_normalize(arg, strlen(arg), email) != 0) {
+        snprintf(text, len, "not a valid email address\n");
+        return;
+    }
+    if ((rc = lk_db_connect(s->conninfo, &db)) != 0) {
+        snprintf(text, len, "database unavailable: %s\n", lk_strerror(rc));
+        return;
+    }
+    rc = lk_db_user_set_active(db, email, active, uid);
+    if (rc == LK_ENOTFOUND) {
+        snprintf(text, len, "no user %s\n", email);
+        goto out;
+    }
+    if (rc != 0) {
+        snprintf(text, len, "database error: %s\n", lk_strerror(rc));
+        goto out;
+    }
+    if (active) {
+        *status = 0;
+        snprintf(text, len, "user %s enabled\n", email);
+        goto out;
+    }
+    hashes = calloc(S_USER_SESSIONS_MAX, sizeof *hashes);
+    rc = hashes ? lk_db_user_sessions_delete(db, uid, hashes, S_USER_SESSIONS_MAX, &n) : -ENOMEM;
+    if (rc != 0 && rc != LK_ETOOBIG) {
+        snprintf(text, len, "user %s disabled, but its sessions were not deleted: %s\n", email,
+                 lk_strerror(rc));
+        goto out;
+    }
+    int crc = lk_cache_open(s->cfg.cache.path, s->cfg.cache.map_size, 0, &cache);
+    int bad = crc != 0;
+    for (int i = 0; crc == 0 && i < n; i++) {
+        int drc = lk_cache_session_del(cache, hashes[i]);
+        bad |= drc != 0 && drc != LK_ENOTFOUND;
+    }
+    if (rc == LK_ETOOBIG || bad) {
+        snprintf(text, len, "user %s disabled; %d sessions deleted from Postgres but cache "
+                 "entries may remain: %s\n", email, n,
+                 rc == LK_ETOOBIG ? "too many sessions" : "cache error");
+        goto out;
+    }
+    *status = 0;
+    snprintf(text, len, "user %s disabled; %d sessions ended\n", email, n);
+out:
+    lk_log(LK_LOG_INFO, NULL, "user %s %s by latchkeyctl: %s",
+           uid[0] && rc != LK_ENOTFOUND ? uid : "-", active ? "enable" : "disable",
+           *status ? "failed" : "done");
+    if (hashes) {
+        lk_wipe(hashes, S_USER_SESSIONS_MAX * sizeof *hashes);
+        free(hashes);
+    }
+    lk_cache_destroy(&cache);
+    lk_db_destroy(&db);
+}
+
 static void s_on_control(struct sup *s)
 {
     struct lk_msg in, out;
@@ -753,6 +866,10 @@ static void s_on_control(struct sup *s)
             s->pg_pol.delay_ms = s->cfg.supervisor.restart_delay_ms;
             s->pg_restart_at_ms = lk_mono_ms();
             snprintf(r->text, sizeof r->text, "restarting postgres\n");
+        } else if (strcmp(c->command, "user-disable") == 0 ||
+                   strcmp(c->command, "user-enable") == 0) {
+            s_user_active(s, c->arg, strcmp(c->command, "user-enable") == 0, r->text,
+                          sizeof r->text, &r->status);
         } else if (strcmp(c->command, "scale") == 0 && role && role->scalable && c->n <= 64) {
             s_scale(s, s_role_index(role), (int)c->n);
             s_log_memory(s);
@@ -761,7 +878,8 @@ static void s_on_control(struct sup *s)
             r->status = 1;
             snprintf(r->text, sizeof r->text,
                      "unknown command or role (commands: status, stop, restart ROLE, "
-                     "restart postgres (when failed), scale signup|signin N (0-64))\n");
+                     "restart postgres (when failed), scale signup|signin N (0-64), "
+                     "user disable|enable EMAIL)\n");
         }
     }
     if (lk_zmq_send_msg(s->control, NULL, 0, &out, 0) != 0)

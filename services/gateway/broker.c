@@ -110,6 +110,7 @@ static const struct broker_handler handlers[] = {
     {MSG_SU_SIGNUP_REPLY, GW_SIGNUP, GW_JOB_SIGNUP, s_on_reply},
     {MSG_SI_SIGNIN_REPLY, GW_SIGNIN, GW_JOB_SIGNIN, s_on_reply},
     {MSG_SI_SIGNOUT_REPLY, GW_SIGNIN, GW_JOB_SIGNOUT, s_on_reply},
+    {MSG_SI_SIGNOUT_ALL_REPLY, GW_SIGNIN, GW_JOB_SIGNOUT_ALL, s_on_reply},
 };
 
 static void s_dispatch(const uint8_t *id, size_t idlen, int rc, const struct lk_msg *m);
@@ -375,6 +376,8 @@ static void s_on_reply(struct gw_worker *w, const uint8_t *id, size_t idlen,
         job = m->u.su_signup_reply.job;
     else if (m->type == MSG_SI_SIGNIN_REPLY)
         job = m->u.si_signin_reply.job;
+    else if (m->type == MSG_SI_SIGNOUT_ALL_REPLY)
+        job = m->u.si_signout_all_reply.job;
     else
         job = m->u.si_signout_reply.job;
 
@@ -436,6 +439,8 @@ int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const
         j->msg.u.gw_signup_request.job = j->id;
     else if (m->type == MSG_GW_SIGNIN_REQUEST)
         j->msg.u.gw_signin_request.job = j->id;
+    else if (m->type == MSG_GW_SIGNOUT_ALL_REQUEST)
+        j->msg.u.gw_signout_all_request.job = j->id;
     else
         j->msg.u.gw_signout_request.job = j->id;
     j->prev = B.jobs_tail;

@@ -26,6 +26,7 @@
 #include "crypto.h"
 #include "errors.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "util.h"
 #include "worker.h"
 
@@ -285,7 +286,10 @@ static void s_ep_add(int fd, uint32_t events, uint64_t tag)
 static void s_accept(void)
 {
     for (int i = 0; i < ACCEPT_BUDGET; i++) {
-        int fd = accept4(s_lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_storage peer;
+        socklen_t peerlen = sizeof peer;
+        memset(&peer, 0, sizeof peer);
+        int fd = accept4(s_lfd, (struct sockaddr *)&peer, &peerlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
@@ -311,6 +315,7 @@ static void s_accept(void)
             s_reject_now(fd);
             continue;
         }
+        lk_ip_from_sockaddr(&peer, c->peer);
         if (c->overflow) {
             /* Past max_connections: answer 503 at once and close (lingering, so the
              * client's request bytes arriving later do not reset the answer away). */

@@ -24,7 +24,7 @@ struct json_t; /* jansson's */
 enum gw_role { GW_SIGNUP = 0, GW_SIGNIN, GW_NROLES };
 
 /* What a job is for: decides how its reply becomes an HTTP response. */
-enum gw_kind { GW_JOB_SIGNUP = 0, GW_JOB_SIGNIN, GW_JOB_SIGNOUT };
+enum gw_kind { GW_JOB_SIGNUP = 0, GW_JOB_SIGNIN, GW_JOB_SIGNOUT, GW_JOB_SIGNOUT_ALL };
 
 struct gw_job;
 
@@ -56,6 +56,7 @@ struct gw_conn {
     int preflight;         /* the request is a CORS preflight (OPTIONS from cors) */
     int method;            /* llhttp method of the request being answered, -1 if unknown */
     char rid[HTTP_RID_MAX + 1];
+    uint8_t peer[16];      /* the client's address (IPv4 as ::ffff:a.b.c.d), for the rate limit */
     int64_t t_head;        /* mono ms: first byte of the current request */
     int64_t t_body;        /* mono ms: head received, body being read */
     int64_t t_active;      /* mono ms: last byte in or out */

@@ -37,7 +37,7 @@ enum {
 };
 
 /* Header fields the gateway looks at; others are skipped. */
-enum { H_OTHER = 0, H_HOST, H_CTYPE, H_AUTH, H_EXPECT, H_RID, H_TE, H_ORIGIN };
+enum { H_OTHER = 0, H_HOST, H_CTYPE, H_AUTH, H_EXPECT, H_RID, H_TE, H_ORIGIN, H_XFF };
 
 #define IN_SLACK 4096        /* input room past max_header for body and pipelined bytes */
 #define BODY_WIRE_SLACK 16384 /* chunk framing allowed beyond the body limit */
@@ -552,7 +552,7 @@ static int s_on_header_field_complete(llhttp_t *p)
     } known[] = {
         {"host", H_HOST},           {"content-type", H_CTYPE}, {"authorization", H_AUTH},
         {"expect", H_EXPECT},       {"x-request-id", H_RID},   {"transfer-encoding", H_TE},
-        {"origin", H_ORIGIN},
+        {"origin", H_ORIGIN},       {"x-forwarded-for", H_XFF},
     };
     g_hd.kind = H_OTHER;
     g_hd.val_len = 0;
@@ -595,6 +595,25 @@ static int s_hdr_append(struct http_conn *h, const char *at, size_t n)
     return 0;
 }
 
+/* Appends to req.xff keeping only the rightmost HTTP_XFF_MAX bytes: the proxies add on
+ * the right, so a long value a client made up loses its left part, never the proxies'. */
+static int s_xff_append(struct http_request *r, const char *at, size_t n)
+{
+    if (n >= HTTP_XFF_MAX) {
+        at += n - HTTP_XFF_MAX;
+        n = HTTP_XFF_MAX;
+    }
+    if (r->xff_len + n > HTTP_XFF_MAX) {
+        size_t drop = r->xff_len + n - HTTP_XFF_MAX;
+        memmove(r->xff, r->xff + drop, r->xff_len - drop);
+        r->xff_len -= drop;
+    }
+    memcpy(r->xff + r->xff_len, at, n);
+    r->xff_len += n;
+    r->xff[r->xff_len] = '\0';
+    return 0;
+}
+
 static int s_on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     struct http_conn *h = p->data;
@@ -602,6 +621,8 @@ static int s_on_header_value(llhttp_t *p, const char *at, size_t n)
         return 0;
     if (g_hd.kind == H_AUTH && h->req.has_auth)
         return 0; /* a second Authorization: flagged at completion */
+    if (g_hd.kind == H_XFF)
+        return s_xff_append(&h->req, at, n);
     return s_hdr_append(h, at, n);
 }
 
@@ -666,6 +687,11 @@ static int s_on_header_value_complete(llhttp_t *p)
         s_trim(v, &n);
         if (g_hd.val_long || strcasecmp(v, "chunked") != 0 || ++g_hd.te_count > 1)
             g_hd.te_bad = 1;
+        break;
+    case H_XFF:
+        /* the next field's value continues the list */
+        if (r->xff_len > 0 && r->xff[r->xff_len - 1] != ',')
+            (void)s_xff_append(r, ",", 1);
         break;
     case H_ORIGIN:
         /* Kept only when it is the one Origin field: two cannot both be the caller's. */

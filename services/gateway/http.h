@@ -36,6 +36,7 @@
 #define HTTP_PATH_MAX 128  /* longer paths match no route (404), they are not stored */
 #define HTTP_AUTH_MAX 256  /* longer Authorization values are malformed tokens */
 #define HTTP_RID_MAX 64    /* X-Request-Id: 1-64 chars of [A-Za-z0-9._-] */
+#define HTTP_XFF_MAX 512    /* the rightmost bytes of X-Forwarded-For kept */
 #define HTTP_ORIGIN_MAX 320 /* longer Origin values match no configured origin */
 #define HTTP_OUT_MAX (4u << 20) /* output bound (a full validate/batch answer fits): past
                                    it the caller closes the client */
@@ -72,6 +73,10 @@ struct http_request {
     char rid[HTTP_RID_MAX + 1];
     int has_origin;                /* exactly one Origin field, at most HTTP_ORIGIN_MAX */
     char origin[HTTP_ORIGIN_MAX + 1]; /* its value, OWS trimmed */
+    /* X-Forwarded-For, every field joined with ","; when longer than HTTP_XFF_MAX only
+     * the rightmost bytes are kept (the proxies' end; ratelimit.trusted_proxies) */
+    char xff[HTTP_XFF_MAX + 1];
+    size_t xff_len;
     int has_body;                  /* Content-Length > 0 or chunked */
     int chunked;
     uint64_t content_length;       /* when !chunked */

@@ -22,6 +22,7 @@
 #include "crypto.h"
 #include "errors.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "util.h"
 
 #include <errno.h>
@@ -54,6 +55,7 @@ static void s_signin(struct gw_conn *c);
 static void s_validate(struct gw_conn *c);
 static void s_validate_batch(struct gw_conn *c);
 static void s_signout(struct gw_conn *c);
+static void s_signout_all(struct gw_conn *c);
 
 static void s_cors_parse(void);
 static int s_origin_ok(const char *o);
@@ -81,6 +83,7 @@ static const struct route routes[] = {
     {"/api/auth/validate", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, s_validate},
     {"/api/auth/validate/batch", M(HTTP_POST), "POST", BODY_BATCH, s_validate_batch},
     {"/api/auth/signout", M(HTTP_POST), "POST", BODY_NONE, s_signout},
+    {"/api/auth/signout-all", M(HTTP_POST), "POST", BODY_NONE, s_signout_all},
 };
 #define NROUTES (sizeof routes / sizeof routes[0])
 
@@ -90,10 +93,39 @@ static char s_cors_buf[sizeof gw.cfg.gateway.cors_origins]; /* s_cors points int
 static const char *s_cors[CORS_MAX];
 static size_t s_ncors;
 
+/* The per-client token bucket over signup and signin (ratelimit.*), one per gateway
+ * process; fixed size, no system call per request (common/ratelimit.h). */
+static lk_ratelimit_t s_rl;
+static struct lk_ip_list s_trusted;
+
 void routes_init(void)
 {
     json_set_alloc_funcs(malloc, s_json_free);
     s_cors_parse();
+    lk_rl_init(&s_rl);
+    /* config.c refused a bad list already */
+    if (lk_ip_list_parse(gw.cfg.ratelimit.trusted_proxies, &s_trusted) != 0)
+        s_trusted.n = 0;
+}
+
+/* Answers 429 too_many_attempts with Retry-After and returns -1 when the client (its
+ * address, or behind a trusted proxy the X-Forwarded-For one) is over its rate. */
+static int s_ratelimited(struct gw_conn *c)
+{
+    uint8_t client[16];
+    int64_t retry_ms;
+    if (gw.cfg.ratelimit.client_rate <= 0)
+        return 0;
+    lk_client_addr(c->peer, c->http.req.xff_len ? c->http.req.xff : NULL, &s_trusted, client);
+    if (lk_rl_take(&s_rl, client, gw.now > 0 ? gw.now : 1, (uint32_t)gw.cfg.ratelimit.client_rate,
+                   (uint32_t)gw.cfg.ratelimit.client_burst, &retry_ms) == 0)
+        return 0;
+    char ra[24];
+    struct gw_hdr h = {"Retry-After", ra};
+    snprintf(ra, sizeof ra, "%lld", (long long)((retry_ms + 999) / 1000));
+    gw_reply_error(c, 429, "too_many_attempts", "too many requests from this client; slow down",
+                   &h, 1);
+    return -1;
 }
 
 /* gateway.cors_origins: "o1, o2,..." */
@@ -309,8 +341,14 @@ static void s_ready(struct gw_conn *c)
     for (int i = 0; i < GW_NROLES; i++)
         if (counts[i] == 0)
             missing[nmissing++] = s_role_names[i];
-    if (!gw.cache)
+    if (!gw.cache) {
         missing[nmissing++] = "cache";
+    } else {
+        /* Complete cache: the sweeper's warm-up from Postgres of this start is done. */
+        char mark[32];
+        if (lk_cache_meta_get(gw.cache, LK_CACHE_META_WARM, mark, sizeof mark) != 0)
+            missing[nmissing++] = "cache_warmup";
+    }
     if (!db_ok)
         missing[nmissing++] = "postgres";
     nmissing = (size_t)broker_failed(missing, (int)nmissing, 12); /* roles latchkeyd gave up */
@@ -539,7 +577,7 @@ static void s_signup(struct gw_conn *c)
     const char *reason = NULL;
     struct lk_msg m;
 
-    if (s_credentials(c, &cr) != 0)
+    if (s_ratelimited(c) != 0 || s_credentials(c, &cr) != 0)
         return;
     const char *pw = cr.password;
     size_t pwlen = cr.password_len;
@@ -576,7 +614,7 @@ static void s_signin(struct gw_conn *c)
     char email[LK_EMAIL_MAX + 1];
     struct lk_msg m;
 
-    if (s_credentials(c, &cr) != 0)
+    if (s_ratelimited(c) != 0 || s_credentials(c, &cr) != 0)
         return;
     const char *pw = cr.password;
     size_t pwlen = cr.password_len;
@@ -634,6 +672,40 @@ static void s_signout(struct gw_conn *c)
         s_reply_unavailable(c, "no signin worker available");
 }
 
+/* Every session of the token's user: checked in the cache like signout (an invalid
+ * token is 401 without a hop), then a signin worker deletes them all. */
+static void s_signout_all(struct gw_conn *c)
+{
+    uint8_t hash[LK_TOKEN_HASH_LEN];
+    struct lk_session s;
+    struct lk_msg m;
+
+    if (s_bearer_hash(c, hash) != 0)
+        return;
+    if (!gw.cache) {
+        s_reply_unavailable(c, "session cache unavailable");
+        return;
+    }
+    int rc = lk_cache_session_get(gw.cache, hash, lk_now_ms(), &s);
+    if (rc == LK_ENOTFOUND) {
+        s_reply_token(c, 0);
+        return;
+    }
+    if (rc != 0) {
+        lk_log(LK_LOG_WARN, c->rid, "session cache read failed: %s", lk_strerror(rc));
+        s_reply_unavailable(c, "session cache unavailable");
+        return;
+    }
+    memset(&m, 0, sizeof m);
+    m.type = MSG_GW_SIGNOUT_ALL_REQUEST;
+    struct lk_msg_gw_signout_all_request *q = &m.u.gw_signout_all_request;
+    memcpy(q->rid, c->rid, sizeof q->rid);
+    q->deadline_ms = lk_now_ms() + gw.cfg.gateway.route_timeout_ms;
+    memcpy(q->token_hash, hash, sizeof q->token_hash);
+    if (broker_submit(c, GW_SIGNIN, GW_JOB_SIGNOUT_ALL, &m, NULL) != 0)
+        s_reply_unavailable(c, "no signin worker available");
+}
+
 void routes_job_reply(struct gw_conn *c, int kind, const char *email, const struct lk_msg *reply)
 {
     char body[1024], uuid_ts[32];
@@ -670,6 +742,12 @@ void routes_job_reply(struct gw_conn *c, int kind, const char *email, const stru
         gw_buf_raw(&b, "}", 1);
         gw_reply(c, 200, b.p, b.len, NULL, 0);
         lk_wipe(body, sizeof body); /* the token leaves only through the socket */
+    } else if (kind == GW_JOB_SIGNOUT_ALL) {
+        const struct lk_msg_si_signout_all_reply *r = &reply->u.si_signout_all_reply;
+        if (r->status == 204)
+            gw_reply(c, 204, NULL, 0, NULL, 0);
+        else
+            s_reply_worker_error(c, r->status, r->error, r->message, 0);
     } else {
         const struct lk_msg_si_signout_reply *r = &reply->u.si_signout_reply;
         if (r->status == 200 || r->status == 204)

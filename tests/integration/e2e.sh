@@ -53,8 +53,13 @@ var = $VAR
 listen = 127.0.0.1:$PORT
 [signup]
 count = 1
+# the duplicate-signup check below wants 409, not the repeat window's 429
+repeat_window = 0s
 [signin]
 count = 1
+[ratelimit]
+# bursts from 127.0.0.1 (the limit itself is tested in security_test.py)
+client_rate = 0
 [hash]
 # the argon2id cost is lowered for test speed only
 ops = 1
@@ -207,6 +212,12 @@ check "... by a generated one" is "$([ "$(header x-request-id)" != "bad id!" ] &
 # ---- operator CLI ------------------------------------------------------------------------
 STATUS_TEXT=$("$BIN/latchkeyctl" -c "$TMP/latchkey.conf" status 2>&1)
 check "latchkeyctl status lists every role" matches "$(echo "$STATUS_TEXT" | awk '{print $1}' | sort -u | tr '\n' ' ')" 'gateway .*metrics .*postgres .*signin .*signup .*sweeper'
+
+TOP=$("$BIN/latchkeyctl" -c "$TMP/latchkey.conf" top -n 2 2>&1)
+check "latchkeyctl top prints plain frames from /metrics" matches "$TOP" 'ROUTE +REQ/S +P50 +P99'
+check "... with the routes served so far" matches "$TOP" '/api/auth/validate'
+check "... and the auth attempts by result" matches "$TOP" 'signin failure +[0-9.]+ +[1-9]'
+check "... and the workers by role" matches "$TOP" 'signin +1 '
 
 # ---- Postgres unit tests against this server ---------------------------------------------
 psql -h "$VAR/pg/run" -U latchkey -d latchkey -qc "CREATE DATABASE unit_db" >/dev/null 2>&1

@@ -82,6 +82,12 @@ class Stack:
             f.write("[paths]\nvar = %s\n" % self.var)
             f.write(conf.replace("@PORT@", str(self.port)))
         self.env = dict(os.environ)
+        # The tests send bursts from 127.0.0.1, repeat signups and wrong passwords: the
+        # per-client rate limit, the repeat-signup window and per-account throttling are
+        # off unless a test (security_test.py) sets these itself (env overrides the file).
+        self.env.setdefault("LATCHKEY_RATELIMIT_CLIENT_RATE", "0")
+        self.env.setdefault("LATCHKEY_SIGNUP_REPEAT_WINDOW", "0s")
+        self.env.setdefault("LATCHKEY_THROTTLE_MAX_FAILURES", "0")
         self.env["ASAN_OPTIONS"] = self.env.get("ASAN_OPTIONS", "detect_leaks=1") + ":log_path=%s/asan" % self.tmp
         self.env["UBSAN_OPTIONS"] = self.env.get("UBSAN_OPTIONS", "print_stacktrace=1") + ":log_path=%s/ubsan" % self.tmp
         atexit.register(self.cleanup)

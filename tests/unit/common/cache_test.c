@@ -450,6 +450,161 @@ static void test_map_full(void **state)
     lk_cache_destroy(&c);
 }
 
+/* With a ceiling the map doubles instead of failing, up to the ceiling exactly. */
+static void test_map_grows(void **state)
+{
+    struct fixture *f = *state;
+    lk_cache_t *c = s_open_rw(f->env, 64 * 1024);
+    lk_cache_set_max_map(c, 1024 * 1024);
+    struct lk_session s, got;
+    struct lk_cache_stats st;
+    uint8_t h[32];
+    uint32_t i;
+    int rc = 0;
+    for (i = 0; i < 2000; i++) { /* ~600 KiB of entries: far past 64 KiB */
+        s_hash(h, i);
+        s_session(&s, i, 1, 1000000);
+        assert_int_equal(lk_cache_session_put(c, h, &s), 0);
+    }
+    assert_int_equal(lk_cache_stats(c, &st), 0);
+    assert_true(st.map_size > 64 * 1024);
+    for (; i < 100000; i++) {
+        s_hash(h, i);
+        s_session(&s, i, 1, 1000000);
+        if ((rc = lk_cache_session_put(c, h, &s)) != 0)
+            break;
+    }
+    assert_int_equal(rc, LK_ECACHE); /* at the ceiling: the write fails as before */
+    assert_int_equal(lk_cache_stats(c, &st), 0);
+    assert_int_equal(st.map_size, 1024 * 1024);
+    s_hash(h, 1999);
+    assert_int_equal(lk_cache_session_get(c, h, 2, &got), 0);
+    /* The throttle counters grow it too (a fresh environment: 64 KiB, ceiling 1 MiB). */
+    lk_cache_destroy(&c);
+    char env2[160];
+    snprintf(env2, sizeof env2, "%s/env2", f->dir);
+    c = s_open_rw(env2, 64 * 1024);
+    lk_cache_set_max_map(c, 1024 * 1024);
+    int64_t retry;
+    for (uint32_t j = 0; j < 3000; j++) { /* ~3000 x (32 + 21 bytes + overhead): past 64 KiB */
+        s_hash(h, j);
+        assert_int_equal(lk_cache_throttle_acquire(c, h, 1, 0, 0, 0, &retry), 0);
+    }
+    assert_int_equal(lk_cache_stats(c, &st), 0);
+    assert_true(st.map_size > 64 * 1024);
+    /* The bulk put grows too. */
+    lk_cache_destroy(&c);
+    c = s_open_rw(f->env, 0);
+    lk_cache_set_max_map(c, 4 * 1024 * 1024);
+    static uint8_t hs[2000][32];
+    static struct lk_session ss[2000];
+    for (uint32_t j = 0; j < 2000; j++) {
+        s_hash(hs[j], 200000 + j);
+        s_session(&ss[j], j, 1, 1000000);
+    }
+    size_t added;
+    assert_int_equal(lk_cache_sessions_put_many(c, (const uint8_t(*)[32])hs, ss, 2000, &added), 0);
+    assert_int_equal(added, 2000);
+    lk_cache_destroy(&c);
+}
+
+/* The meta values: absent, put, seen by a read-only handle in another process, deleted. */
+static void test_meta(void **state)
+{
+    struct fixture *f = *state;
+    lk_cache_t *c = s_open_rw(f->env, MAP);
+    char v[32];
+    assert_int_equal(lk_cache_meta_get(c, LK_CACHE_META_WARM, v, sizeof v), LK_ENOTFOUND);
+    assert_int_equal(lk_cache_meta_put(c, LK_CACHE_META_WARM, "12345"), 0);
+    assert_int_equal(lk_cache_meta_get(c, LK_CACHE_META_WARM, v, sizeof v), 0);
+    assert_string_equal(v, "12345");
+    /* Not inherited by the child (it could not close it: see test_reader_check). */
+    lk_cache_destroy(&c);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        lk_cache_t *r = NULL;
+        char w[4];
+        int ok = lk_cache_open(f->env, 0, 1, &r) == 0 &&
+                 lk_cache_meta_get(r, LK_CACHE_META_WARM, w, sizeof w) == 0 &&
+                 strcmp(w, "123") == 0 && /* truncated to the buffer */
+                 lk_cache_meta_put(r, LK_CACHE_META_WARM, NULL) == -EPERM;
+        lk_cache_destroy(&r);
+        _exit(ok ? 0 : 1);
+    }
+    s_wait_ok(pid);
+    c = s_open_rw(f->env, MAP);
+    assert_int_equal(lk_cache_meta_put(c, LK_CACHE_META_WARM, NULL), 0);
+    assert_int_equal(lk_cache_meta_put(c, LK_CACHE_META_WARM, NULL), 0);
+    assert_int_equal(lk_cache_meta_get(c, LK_CACHE_META_WARM, v, sizeof v), LK_ENOTFOUND);
+    lk_cache_destroy(&c);
+}
+
+static int s_cmp32(const void *a, const void *b)
+{
+    return memcmp(a, b, 32);
+}
+
+/* The warm-up's merge: put_many leaves existing entries alone; prune_range deletes, within
+ * its key range only, the old entries Postgres does not list and spares young ones. */
+static void test_warm_merge(void **state)
+{
+    struct fixture *f = *state;
+    lk_cache_t *c = s_open_rw(f->env, MAP);
+    enum { N = 100 };
+    static uint8_t all[N][32], keep[N][32];
+    struct lk_session s, got;
+    size_t nkeep = 0, added, removed;
+    for (uint32_t i = 0; i < N; i++)
+        s_hash(all[i], i);
+    qsort(all, N, 32, s_cmp32);
+    /* The cache holds every entry; "Postgres" holds the even ones; entry 1 is young. */
+    for (uint32_t i = 0; i < N; i++) {
+        s_session(&s, i, i == 1 ? 500 : 1, 1000000);
+        assert_int_equal(lk_cache_session_put(c, all[i], &s), 0);
+        if (i % 2 == 0)
+            memcpy(keep[nkeep++], all[i], 32);
+    }
+    /* put_many: existing entries are not overwritten (expiry 7 would make them dead). */
+    struct lk_session rows[N / 2];
+    for (size_t i = 0; i < nkeep; i++)
+        s_session(&rows[i], 9999, 1, 7);
+    assert_int_equal(lk_cache_sessions_put_many(c, (const uint8_t(*)[32])keep, rows, nkeep, &added),
+                     0);
+    assert_int_equal(added, 0);
+    assert_int_equal(lk_cache_session_get(c, keep[0], 100, &got), 0);
+    /* First range: (zero, all[49]] with the even ones of it kept. */
+    uint8_t zero[32] = {0};
+    assert_int_equal(lk_cache_sessions_prune_range(c, zero, all[49], (const uint8_t(*)[32])keep, 25,
+                                                   100, &removed),
+                     0);
+    assert_int_equal(removed, 24); /* odd ones 3..49: entry 1 is young */
+    assert_int_equal(lk_cache_session_get(c, all[1], 2, &got), 0);
+    assert_int_equal(lk_cache_session_get(c, all[51], 2, &got), 0); /* out of range */
+    /* Last range: (all[49], end) */
+    assert_int_equal(lk_cache_sessions_prune_range(
+                         c, all[49], NULL, (const uint8_t(*)[32])keep + 25, 25, 100, &removed),
+                     0);
+    assert_int_equal(removed, 25);
+    size_t count;
+    assert_int_equal(lk_cache_count(c, &count), 0);
+    assert_int_equal(count, 51);
+    for (uint32_t i = 0; i < N; i++)
+        assert_int_equal(lk_cache_session_get(c, all[i], 2, &got),
+                         i % 2 == 0 || i == 1 ? 0 : LK_ENOTFOUND);
+    /* Absent entries are added. */
+    assert_int_equal(lk_cache_session_del(c, keep[3]), 0);
+    assert_int_equal(lk_cache_sessions_put_many(c, (const uint8_t(*)[32])keep, rows, nkeep, &added),
+                     0);
+    assert_int_equal(added, 1);
+    /* del_many: present ones counted, absent ones skipped, one transaction. */
+    assert_int_equal(lk_cache_sessions_del_many(c, (const uint8_t(*)[32])all, 4, &removed), 0);
+    assert_int_equal(removed, 3); /* all[0], all[1], all[2]; all[3] was pruned */
+    assert_int_equal(lk_cache_session_get(c, all[0], 2, &got), LK_ENOTFOUND);
+    assert_int_equal(lk_cache_session_get(c, all[4], 2, &got), 0);
+    lk_cache_destroy(&c);
+}
+
 /* A reader that dies holding its slot (every lk_cache_t holds one) is cleared. */
 static void test_reader_check(void **state)
 {
@@ -606,6 +761,9 @@ int main(void)
         T(test_readonly_missing),
         T(test_corrupt_values),
         T(test_map_full),
+        T(test_map_grows),
+        T(test_meta),
+        T(test_warm_merge),
         T(test_reader_check),
         T(test_stats),
         T(test_throttle_sequence),

@@ -483,12 +483,35 @@ static void test_env(void **state)
     setenv("LATCHKEY_DATABASE_URL", "postgres://db/x", 1);
     setenv("LATCHKEY_GATEWAY_MAX_BATCH_BODY", "2MiB", 1);
     setenv("LATCHKEY_SUPERVISOR_PID", "1234", 1); /* not a key: ignored */
-    assert_int_equal(lk_config_load_string(&c, "[session]\nttl = 5s\n", "t.conf", 1, err,
-                                           sizeof err),
+    /* The sweeper's overrides (issue 6): the file says one thing, the environment wins. */
+    setenv("LATCHKEY_SWEEPER_INTERVAL", "2s", 1);
+    setenv("LATCHKEY_SWEEPER_GRACE", "0ms", 1);
+    setenv("LATCHKEY_SWEEPER_ANALYZE_AT", "", 1);
+    assert_int_equal(lk_config_load_string(&c,
+                                           "[session]\nttl = 5s\n[sweeper]\ninterval = 5m\n"
+                                           "grace = 2h\nanalyze_at = 03:30\n",
+                                           "t.conf", 1, err, sizeof err),
                      0);
+    assert_int_equal(c.sweeper.interval_ms, 2000);
+    assert_int_equal(c.sweeper.grace_ms, 0);
+    assert_string_equal(c.sweeper.analyze_at, "");
+    unsetenv("LATCHKEY_SWEEPER_INTERVAL");
+    unsetenv("LATCHKEY_SWEEPER_GRACE");
+    unsetenv("LATCHKEY_SWEEPER_ANALYZE_AT");
     assert_int_equal(c.session.ttl_ms, 3000);
     assert_string_equal(c.database.url, "postgres://db/x");
     assert_int_equal(c.gateway.max_batch_body, 2 * 1024 * 1024);
+    static const char *const bad_at[] = {"2:00", "24:00", "12:60", "12-00", "12:000", "ab:cd"};
+    for (size_t i = 0; i < sizeof bad_at / sizeof bad_at[0]; i++) {
+        char text[64];
+        snprintf(text, sizeof text, "[sweeper]\nanalyze_at = %s\n", bad_at[i]);
+        assert_int_equal(lk_config_load_string(&c, text, "t.conf", 0, err, sizeof err), LK_ECONFIG);
+        assert_non_null(strstr(err, "sweeper.analyze_at"));
+    }
+    assert_int_equal(lk_config_load_string(&c, "[sweeper]\nanalyze_at = 23:59\n", "t.conf", 0, err,
+                                           sizeof err),
+                     0);
+    assert_string_equal(c.sweeper.analyze_at, "23:59");
 
     /* use_env = 0: the environment is not read. */
     assert_int_equal(lk_config_load_string(&c, "[session]\nttl = 5s\n", "t.conf", 0, err,
@@ -679,7 +702,9 @@ static void test_check_reload(void **state)
     static const char *const reloadable[] = {
         "gateway.header_timeout", "gateway.idle_timeout", "gateway.route_timeout",
         "gateway.drain_timeout", "signup.count", "signin.count", "session.ttl",
-        "sweeper.interval", "sweeper.grace", "log.level"};
+        "sweeper.interval", "sweeper.grace", "sweeper.analyze_at", "log.level", "signup.repeat_window",
+        "throttle.max_failures", "throttle.base_delay", "throttle.max_delay",
+        "ratelimit.client_rate", "ratelimit.client_burst"};
     size_t nrel = 0;
     for (size_t i = 0; i < S_NKEYS; i++) {
         char name[96];

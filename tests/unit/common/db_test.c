@@ -682,6 +682,64 @@ static void test_hash_lists(void **state)
     (void)h;
 }
 
+/* The sweeper's scheduled ANALYZE: it runs (statistics are fresh afterwards) and leaves
+ * the request statement_timeout in place. */
+static void test_analyze(void **state)
+{
+    NEED_DB(c);
+    assert_int_equal(lk_db_migrate(c->db, c->sql_dir), 0);
+    assert_int_equal(lk_db_analyze(c->db), 0);
+    assert_true(s_int(c, "SELECT count(*) FROM pg_stat_user_tables WHERE relname = "
+                         "'user_sessions' AND last_analyze > now() - interval '1 minute'") == 1);
+    PGresult *r = PQexec(c->db->conn, "SHOW statement_timeout");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_string_equal(PQgetvalue(r, 0, 0), "30s");
+    PQclear(r);
+    assert_int_equal(lk_db_ping(c->db), 0);
+}
+
+/* Issue 5's queries: rehash only while the row holds the verified hash; the user of a
+ * session; disable/enable by email (is_active and status), signin's view follows. */
+static void test_security_queries(void **state)
+{
+    NEED_DB(c);
+    assert_int_equal(lk_db_migrate(c->db, c->sql_dir), 0);
+    char email[LK_EMAIL_MAX + 1], uid_s[37], got[37];
+    static const char h1[] = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    static const char h2[] = "$argon2id$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    uint8_t id[16], h[32];
+    int64_t created;
+    struct lk_db_user u;
+    s_email(c, "sec", email);
+    assert_int_equal(lk_db_user_insert(c->db, email, h1, id, &created), 0);
+    lk_uuid_format(id, uid_s);
+
+    assert_int_equal(lk_db_user_set_password_hash(c->db, id, h1, h2), 0);
+    assert_int_equal(lk_db_user_by_email(c->db, email, &u), 0);
+    assert_string_equal(u.password_hash, h2);
+    /* a stale old hash changes nothing */
+    assert_int_equal(lk_db_user_set_password_hash(c->db, id, h1, h1), LK_ENOTFOUND);
+    assert_int_equal(lk_db_user_by_email(c->db, email, &u), 0);
+    assert_string_equal(u.password_hash, h2);
+
+    s_session_hash(c, 77, h);
+    assert_int_equal(lk_db_session_user(c->db, h, got), LK_ENOTFOUND);
+    assert_int_equal(lk_db_session_insert(c->db, h, id, lk_now_ms(), lk_now_ms() + 60000), 0);
+    assert_int_equal(lk_db_session_user(c->db, h, got), 0);
+    assert_string_equal(got, uid_s);
+
+    assert_true(u.is_active);
+    assert_int_equal(lk_db_user_set_active(c->db, email, 0, got), 0);
+    assert_string_equal(got, uid_s);
+    assert_int_equal(lk_db_user_by_email(c->db, email, &u), 0);
+    assert_false(u.is_active);
+    assert_int_equal(lk_db_user_set_active(c->db, email, 1, got), 0);
+    assert_int_equal(lk_db_user_by_email(c->db, email, &u), 0);
+    assert_true(u.is_active);
+    assert_int_equal(lk_db_user_set_active(c->db, "nobody.at.all@example.com", 0, got),
+                     LK_ENOTFOUND);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -695,6 +753,8 @@ int main(void)
         cmocka_unit_test(test_reconnect),
         cmocka_unit_test(test_insert_retry_is_idempotent),
         cmocka_unit_test(test_hash_lists),
+        cmocka_unit_test(test_analyze),
+        cmocka_unit_test(test_security_queries),
     };
     return cmocka_run_group_tests(tests, s_group_setup, s_group_teardown);
 }

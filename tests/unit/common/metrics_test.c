@@ -622,12 +622,12 @@ static void test_render(void **state)
     lk_mstore_destroy(&st);
 }
 
-/* docs/observability.md names every family (run from the repository's root, as tests/run
+/* docs/monitoring.md names every family (run from the repository's root, as tests/run
  * does). */
 static void test_docs(void **state)
 {
     (void)state;
-    FILE *f = fopen("docs/observability.md", "rb");
+    FILE *f = fopen("docs/monitoring.md", "rb");
     assert_non_null(f);
     static char text[256 * 1024];
     size_t n = fread(text, 1, sizeof text - 1, f);
@@ -637,7 +637,7 @@ static void test_docs(void **state)
         char name[96];
         snprintf(name, sizeof name, "`%s`", lk_metric_families[i].name);
         if (!strstr(text, name))
-            fail_msg("docs/observability.md does not name %s", name);
+            fail_msg("docs/monitoring.md does not name %s", name);
     }
 }
 
