@@ -54,6 +54,7 @@ static void s_signup(struct gw_conn *c);
 static void s_signin(struct gw_conn *c);
 static void s_validate(struct gw_conn *c);
 static void s_validate_batch(struct gw_conn *c);
+static int s_live_token(struct gw_conn *c, uint8_t hash[LK_TOKEN_HASH_LEN]);
 static void s_signout(struct gw_conn *c);
 static void s_signout_all(struct gw_conn *c);
 
@@ -639,29 +640,39 @@ static void s_signin(struct gw_conn *c)
     lk_wipe(&m, sizeof m);
 }
 
-static void s_signout(struct gw_conn *c)
+/* Reads the bearer token and checks that it names a live session in the cache: the cache
+ * is complete, so a token it does not know is not a session to revoke (401 without a hop).
+ * Returns 0 with hash set, or -1 when the answer has already been given. */
+static int s_live_token(struct gw_conn *c, uint8_t hash[LK_TOKEN_HASH_LEN])
 {
-    uint8_t hash[LK_TOKEN_HASH_LEN];
     struct lk_session s;
-    struct lk_msg m;
 
     if (s_bearer_hash(c, hash) != 0)
-        return;
+        return -1;
     if (!gw.cache) {
         s_reply_unavailable(c, "session cache unavailable");
-        return;
+        return -1;
     }
-    /* The cache is complete: a token it does not know is not a session to revoke. */
     int rc = lk_cache_session_get(gw.cache, hash, lk_now_ms(), &s);
     if (rc == LK_ENOTFOUND) {
         s_reply_token(c, 0);
-        return;
+        return -1;
     }
     if (rc != 0) {
         lk_log(LK_LOG_WARN, c->rid, "session cache read failed: %s", lk_strerror(rc));
         s_reply_unavailable(c, "session cache unavailable");
-        return;
+        return -1;
     }
+    return 0;
+}
+
+static void s_signout(struct gw_conn *c)
+{
+    uint8_t hash[LK_TOKEN_HASH_LEN];
+    struct lk_msg m;
+
+    if (s_live_token(c, hash) != 0)
+        return;
     memset(&m, 0, sizeof m);
     m.type = MSG_GW_SIGNOUT_REQUEST;
     struct lk_msg_gw_signout_request *q = &m.u.gw_signout_request;
@@ -672,30 +683,15 @@ static void s_signout(struct gw_conn *c)
         s_reply_unavailable(c, "no signin worker available");
 }
 
-/* Every session of the token's user: checked in the cache like signout (an invalid
- * token is 401 without a hop), then a signin worker deletes them all. */
+/* Every session of the token's user: checked in the cache like signout, then a signin
+ * worker deletes them all. */
 static void s_signout_all(struct gw_conn *c)
 {
     uint8_t hash[LK_TOKEN_HASH_LEN];
-    struct lk_session s;
     struct lk_msg m;
 
-    if (s_bearer_hash(c, hash) != 0)
+    if (s_live_token(c, hash) != 0)
         return;
-    if (!gw.cache) {
-        s_reply_unavailable(c, "session cache unavailable");
-        return;
-    }
-    int rc = lk_cache_session_get(gw.cache, hash, lk_now_ms(), &s);
-    if (rc == LK_ENOTFOUND) {
-        s_reply_token(c, 0);
-        return;
-    }
-    if (rc != 0) {
-        lk_log(LK_LOG_WARN, c->rid, "session cache read failed: %s", lk_strerror(rc));
-        s_reply_unavailable(c, "session cache unavailable");
-        return;
-    }
     memset(&m, 0, sizeof m);
     m.type = MSG_GW_SIGNOUT_ALL_REQUEST;
     struct lk_msg_gw_signout_all_request *q = &m.u.gw_signout_all_request;
