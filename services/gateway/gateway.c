@@ -62,6 +62,7 @@ struct gateway gw;
 static int s_epfd = -1, s_lfd = -1, s_tfd = -1, s_zfd = -1;
 static struct gw_conn *s_conns;
 static size_t s_nslots;
+static size_t s_hw_norm, s_hw_over; /* next never-used slot of each range */
 static struct gw_conn *s_free, *s_free_over, *s_closed, *s_active;
 static size_t s_nactive; /* connections counted against max_connections */
 static int s_listen_paused;
@@ -77,6 +78,7 @@ static int s_listen_open(const char *spec);
 static void s_ep_add(int fd, uint32_t events, uint64_t tag);
 static void s_accept(void);
 static void s_reject_now(int fd);
+static struct gw_conn *s_slot_take(int overflow);
 static struct gw_conn *s_conn_new(int fd);
 static void s_conn_event(struct gw_conn *c, uint32_t ev);
 static int s_conn_read(struct gw_conn *c);
@@ -139,14 +141,11 @@ int gateway_main(int argc, char **argv)
     s_conns = calloc(s_nslots, sizeof *s_conns);
     if (!s_conns)
         lk_fatal("out of memory for %zu connection slots", s_nslots);
-    for (size_t i = s_nslots; i-- > 0;) {
-        struct gw_conn *c = &s_conns[i];
-        c->fd = -1;
-        c->overflow = i >= (size_t)gw.cfg.gateway.max_connections;
-        struct gw_conn **head = c->overflow ? &s_free_over : &s_free;
-        c->next = *head;
-        *head = c;
-    }
+    /* Slots are handed out from high-water marks (s_slot_take) and recycled through the
+     * free lists: a slot's pages are touched only once a connection has used it, so the
+     * table costs memory for the connections actually seen, not for max_connections. */
+    s_hw_norm = 0;
+    s_hw_over = (size_t)gw.cfg.gateway.max_connections;
     routes_init();
     s_cache_try_open();
     lk_info("listening on %s, backend %s", gw.cfg.gateway.listen, gw.cfg.gateway.backend);
@@ -190,7 +189,9 @@ int gateway_main(int argc, char **argv)
     while (s_active)
         s_conn_close(s_active);
     s_release_closed();
-    for (size_t i = 0; i < s_nslots; i++)
+    for (size_t i = 0; i < s_hw_norm; i++)
+        http_conn_free(&s_conns[i].http);
+    for (size_t i = (size_t)gw.cfg.gateway.max_connections; i < s_hw_over; i++)
         http_conn_free(&s_conns[i].http);
     free(s_conns);
     gwm_fini();
@@ -344,13 +345,29 @@ static void s_reject_now(int fd)
     close(fd);
 }
 
+static struct gw_conn *s_slot_take(int overflow)
+{
+    struct gw_conn **head = overflow ? &s_free_over : &s_free;
+    struct gw_conn *c = *head;
+    if (c) {
+        *head = c->next;
+        return c;
+    }
+    size_t *hw = overflow ? &s_hw_over : &s_hw_norm;
+    size_t end = overflow ? s_nslots : (size_t)gw.cfg.gateway.max_connections;
+    if (*hw >= end)
+        return NULL;
+    c = &s_conns[(*hw)++];
+    c->fd = -1;
+    c->overflow = overflow;
+    return c;
+}
+
 static struct gw_conn *s_conn_new(int fd)
 {
-    struct gw_conn **head = s_nactive < (size_t)gw.cfg.gateway.max_connections ? &s_free : &s_free_over;
-    struct gw_conn *c = *head;
+    struct gw_conn *c = s_slot_take(s_nactive >= (size_t)gw.cfg.gateway.max_connections);
     if (!c)
         return NULL;
-    *head = c->next;
     struct http_limits lim = {.max_uri = gw.cfg.gateway.max_uri,
                               .max_header = gw.cfg.gateway.max_header};
     int overflow = c->overflow;
@@ -731,6 +748,8 @@ static void s_conn_timers(struct gw_conn *c)
         s_conn_process(c);
     } else if (http_idle(h) && now - c->t_active > cfg->gateway.idle_timeout_ms) {
         s_conn_close(c);
+    } else if (http_idle(h)) {
+        http_trim(h);
     }
 }
 

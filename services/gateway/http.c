@@ -164,6 +164,31 @@ int http_idle(const struct http_conn *h)
     return h->phase == P_HEAD && h->rlen == h->rpos;
 }
 
+void http_trim(struct http_conn *h)
+{
+    if (!http_idle(h) || h->out_len > h->out_off || h->scan_pos != 0)
+        return;
+    /* Parsed bytes may still hold a password or a token: wiped like http_conn_free. */
+    if (h->rbuf) {
+        explicit_bzero(h->rbuf, h->rcap);
+        free(h->rbuf);
+        h->rbuf = NULL;
+        h->rcap = h->rlen = h->rpos = 0;
+    }
+    if (h->out) {
+        explicit_bzero(h->out, h->out_cap);
+        free(h->out);
+        h->out = NULL;
+        h->out_cap = h->out_len = h->out_off = 0;
+    }
+    if (h->body) {
+        explicit_bzero(h->body, h->body_cap);
+        free(h->body);
+        h->body = NULL;
+        h->body_cap = h->body_len = 0;
+    }
+}
+
 int http_in_head(const struct http_conn *h)
 {
     return h->phase == P_HEAD && h->rlen > h->rpos;

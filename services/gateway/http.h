@@ -139,6 +139,11 @@ enum http_ev http_body_begin(struct http_conn *h, size_t max);
 /* 1 when no request has begun: no byte of a next request is buffered, nothing paused. */
 int http_idle(const struct http_conn *h);
 
+/* On an idle connection (http_idle, nothing left to send) releases the input, output and
+ * body buffers, wiped; the next read allocates them again. Thousands of idle keep-alive
+ * connections then cost their slot and nothing more. No-op otherwise. */
+void http_trim(struct http_conn *h);
+
 /* 1 while the head of a request is being received (the header timeout runs). */
 int http_in_head(const struct http_conn *h);
 
