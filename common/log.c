@@ -22,7 +22,14 @@ static dev_t s_dev;       /* of the file s_fd holds open */
 static ino_t s_ino;
 static int64_t s_checked; /* monotonic ms of the last check of s_path */
 
+/* Buffered mode (lk_log_buffer): info and debug lines wait here until lk_log_flush. */
+#define S_BUF_MAX 65536
+static char s_buf[S_BUF_MAX];
+static size_t s_buf_len;
+static int s_buffered;
+
 static int s_open(void);
+static void s_write_all(const char *p, size_t n);
 
 void lk_log_init(const char *role, enum lk_log_level level)
 {
@@ -111,7 +118,47 @@ static void s_vlog(enum lk_log_level level, const char *rid, const char *fmt, va
     }
     line[o++] = '"';
     line[o++] = '\n';
-    /* One write() so lines from concurrent processes do not interleave. */
+    if (s_buffered && level < LK_LOG_WARN) {
+        if (s_buf_len + o > sizeof s_buf)
+            lk_log_flush();
+        memcpy(s_buf + s_buf_len, line, o);
+        s_buf_len += o;
+        return;
+    }
+    lk_log_flush(); /* keep the order of lines */
+    s_write_all(line, o);
+}
+
+void lk_log_buffer(int on)
+{
+    if (on && !s_buffered)
+        atexit(lk_log_flush);
+    s_buffered = on;
+}
+
+void lk_log_flush(void)
+{
+    /* Whole lines, at most PIPE_BUF bytes per write(): the supervisor merges every
+     * process's stderr, and only writes that small are atomic on a pipe. */
+    size_t off = 0;
+    while (off < s_buf_len) {
+        size_t n = s_buf_len - off;
+        if (n > 4096) {
+            n = 4096;
+            while (n > 0 && s_buf[off + n - 1] != '\n')
+                n--;
+            if (n == 0)
+                n = 4096;
+        }
+        s_write_all(s_buf + off, n);
+        off += n;
+    }
+    s_buf_len = 0;
+}
+
+/* One write() per destination so lines from concurrent processes do not interleave. */
+static void s_write_all(const char *line, size_t o)
+{
     ssize_t w = write(STDERR_FILENO, line, o);
     (void)w;
     if (s_fd < 0)

@@ -29,6 +29,15 @@ int lk_log_file(const char *path) LK_WUR;
 /* Reopens the log file now (SIGUSR1 after logrotate). Nothing when there is none. */
 void lk_log_reopen(void);
 
+/* Buffered mode, for an event loop on a hot path (the gateway's access lines): with on,
+ * info and debug lines are kept in memory until lk_log_flush() (call it once per loop
+ * turn, before waiting), at most 64 KiB; warn and error lines flush what is kept and are
+ * written at once. The buffer is also flushed at exit(). */
+void lk_log_buffer(int on);
+
+/* Writes the kept lines (whole lines, at most 4096 bytes per write). */
+void lk_log_flush(void);
+
 /* Parses "debug" / "info" / "warn" / "error". Returns 0 or LK_EINVAL. */
 int lk_log_level_parse(const char *s, enum lk_log_level *out);
 
