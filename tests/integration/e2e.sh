@@ -38,9 +38,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A free loopback port of our own: never 8080, never another run's.
+# A free loopback port of our own: never 8080, never another run's, and below the
+# kernel's ephemeral range, so an outgoing connection cannot be holding it.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$EPHEMERAL_LOW" -gt 21000 ] 2>/dev/null || EPHEMERAL_LOW=32768
+free_port() { echo $((20000 + RANDOM % (EPHEMERAL_LOW - 20000))); }
 while :; do
-    PORT=$((20000 + RANDOM % 30000))
+    PORT=$(free_port)
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || break
 done
 BASE=http://127.0.0.1:$PORT
@@ -255,7 +259,7 @@ check "a bad environment override is an error" matches "$OUT" "LATCHKEY_SESSION_
 # as Ctrl-C would.
 psql -h "$VAR/pg/run" -U latchkey -d latchkey -qc "CREATE DATABASE ext_db" >/dev/null 2>&1
 while :; do
-    PORT2=$((20000 + RANDOM % 30000))
+    PORT2=$(free_port)
     [ "$PORT2" != "$PORT" ] || continue
     (exec 3<>"/dev/tcp/127.0.0.1/$PORT2") 2>/dev/null || break
 done

@@ -23,10 +23,21 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+        return low if low > 21000 else 32768
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(span=1):
-    """A loopback port p such that p .. p+span-1 are all free (never 8080)."""
+    """A loopback port p such that p .. p+span-1 are all free (never 8080), below the
+    kernel's ephemeral range so that no outgoing connection can take it meanwhile."""
+    top = _ephemeral_low()
     for _ in range(200):
-        p = random.randint(20000, 50000 - span)
+        p = random.randint(20000, top - 1 - span)
         ok = True
         for q in range(p, p + span):
             s = socket.socket()
