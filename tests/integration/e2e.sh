@@ -223,12 +223,12 @@ check "... with the routes served so far" matches "$TOP" '/api/auth/validate'
 check "... and the auth attempts by result" matches "$TOP" 'signin failure +[0-9.]+ +[1-9]'
 check "... and the workers by role" matches "$TOP" 'signin +1 '
 # On a terminal (a pty from script(1)): the screen is redrawn, and q quits, as does Ctrl-C.
-TTY_OUT=$( (sleep 2.5; printf q; sleep 2) | timeout 20 script -qfec "$BIN/latchkeyctl -c $TMP/latchkey.conf top" /dev/null 2>&1)
+TTY_OUT=$( (sleep 2.5; printf q; sleep 2) | timeout 20 script -qfec "exec $BIN/latchkeyctl -c $TMP/latchkey.conf top" /dev/null 2>&1)
 check "latchkeyctl top on a terminal quits on q with status 0" is "$?" 0
 check "... showing the key to quit" matches "$TTY_OUT" 'q quits'
 check "... having drawn at least two frames" matches "$(printf '%s' "$TTY_OUT" | grep -c 'latchkey top')" '^([2-9]|[1-9][0-9])$'
 check "... with screen control codes" matches "$(printf '%s' "$TTY_OUT" | od -c | head -n 3)" '033'
-( (sleep 1.5; printf '\003'; sleep 2) | timeout 20 script -qfec "$BIN/latchkeyctl -c $TMP/latchkey.conf top" /dev/null >/dev/null 2>&1 )
+( (sleep 1.5; printf '\003'; sleep 2) | timeout 20 script -qfec "exec $BIN/latchkeyctl -c $TMP/latchkey.conf top" /dev/null >/dev/null 2>&1 )
 check "... and quits on Ctrl-C" is "$?" 0
 
 # ---- Postgres unit tests against this server ---------------------------------------------
