@@ -587,32 +587,40 @@ int lk_cache_session_del(lk_cache_t *self, const uint8_t hash[32])
     return s_commit(txn, "del commit");
 }
 
-int lk_cache_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed)
+/* A session entry the sweep collects: expired before before_ms, or corrupt (get reads a
+ * corrupt value as absent, so it can never be served: it is garbage like an expired
+ * session, and the sweep is the one place that collects garbage). */
+static int s_session_garbage(const MDB_val *v, int64_t before_ms)
 {
-    *removed = 0;
-    if (max == 0)
-        return self->readonly ? -EPERM : 0;
+    struct lk_session s;
+    if (s_decode(v, &s) != 0) {
+        lk_warn("cache: sweep deletes a corrupt session value (%zu bytes)", v->mv_size);
+        return 1;
+    }
+    return s.expires_ms < before_ms;
+}
+
+/* One write transaction deleting up to max entries of dbi for which garbage() says so;
+ * *removed gets the count. what names the sweep in log lines. */
+static int s_sweep_dbi(lk_cache_t *self, MDB_dbi dbi, int64_t before_ms, size_t max,
+                       int (*garbage)(const MDB_val *v, int64_t before_ms), const char *what,
+                       size_t *removed)
+{
     MDB_txn *txn;
     int rc = s_write_begin(self, &txn);
     if (rc != 0)
         return rc;
     MDB_cursor *cur;
-    rc = mdb_cursor_open(txn, self->dbi, &cur);
+    rc = mdb_cursor_open(txn, dbi, &cur);
     if (rc != 0)
-        return s_write_fail(txn, rc, "sweep cursor");
+        return s_write_fail(txn, rc, what);
     size_t n = 0;
     MDB_val k, v;
-    /* Keys are token hashes, so expiry order is not key order: this is a full scan. It
-     * holds the writer lock for its length, hence the caller's max and the loop above. */
+    /* Keys are hashes, so age order is not key order: this is a full scan. It holds the
+     * writer lock for its length, hence the caller's max. */
     rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     while (rc == 0 && n < max) {
-        struct lk_session s;
-        /* A corrupt value can never be served (get reads it as absent): it is garbage
-         * like an expired session, and this is the one place that collects garbage. */
-        int corrupt = s_decode(&v, &s) != 0;
-        if (corrupt || s.expires_ms < before_ms) {
-            if (corrupt)
-                lk_warn("cache: sweep deletes a corrupt session value (%zu bytes)", v.mv_size);
+        if (garbage(&v, before_ms)) {
             rc = mdb_cursor_del(cur, 0);
             if (rc != 0)
                 break;
@@ -623,11 +631,19 @@ int lk_cache_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *remo
     }
     mdb_cursor_close(cur);
     if (rc != 0 && rc != MDB_NOTFOUND)
-        return s_write_fail(txn, rc, "sweep");
-    rc = s_commit(txn, "sweep commit");
+        return s_write_fail(txn, rc, what);
+    rc = s_commit(txn, what);
     if (rc == 0)
         *removed = n;
     return rc;
+}
+
+int lk_cache_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed)
+{
+    *removed = 0;
+    if (max == 0)
+        return self->readonly ? -EPERM : 0;
+    return s_sweep_dbi(self, self->dbi, before_ms, max, s_session_garbage, "sweep", removed);
 }
 
 int lk_cache_count(lk_cache_t *self, size_t *count)
@@ -773,39 +789,20 @@ int lk_cache_throttle_reset(lk_cache_t *self, const uint8_t key[32])
     return s_commit(txn, "throttle commit");
 }
 
+/* A throttle record neither updated nor locked since before_ms, or one of an unknown
+ * format. */
+static int s_throttle_garbage(const MDB_val *v, int64_t before_ms)
+{
+    const uint8_t *p = v->mv_data;
+    return v->mv_size != S_TLEN || p[0] != S_TFORMAT ||
+           (s_get_i64(p + 13) < before_ms && s_get_i64(p + 5) < before_ms);
+}
+
 int lk_cache_throttle_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed)
 {
     *removed = 0;
     if (!self->has_tdbi)
         return -EPERM;
-    MDB_txn *txn;
-    int rc = s_write_begin(self, &txn);
-    if (rc != 0)
-        return rc;
-    MDB_cursor *cur;
-    rc = mdb_cursor_open(txn, self->tdbi, &cur);
-    if (rc != 0)
-        return s_write_fail(txn, rc, "throttle cursor");
-    size_t n = 0;
-    MDB_val k, v;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-    while (rc == 0 && n < max) {
-        const uint8_t *p = v.mv_data;
-        int stale = v.mv_size != S_TLEN || p[0] != S_TFORMAT ||
-                    (s_get_i64(p + 13) < before_ms && s_get_i64(p + 5) < before_ms);
-        if (stale) {
-            rc = mdb_cursor_del(cur, 0);
-            if (rc != 0)
-                break;
-            n++;
-        }
-        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-    }
-    mdb_cursor_close(cur);
-    if (rc != 0 && rc != MDB_NOTFOUND)
-        return s_write_fail(txn, rc, "throttle sweep");
-    rc = s_commit(txn, "throttle sweep commit");
-    if (rc == 0)
-        *removed = n;
-    return rc;
+    return s_sweep_dbi(self, self->tdbi, before_ms, max, s_throttle_garbage, "throttle sweep",
+                       removed);
 }

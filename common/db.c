@@ -973,6 +973,20 @@ int lk_db_user_set_password_hash(lk_db_t *self, const uint8_t id[16], const char
     return none && !retried ? LK_ENOTFOUND : 0;
 }
 
+/* The user id of a query answering zero or one row of one uuid column; clears r.
+ * Returns 0, LK_ENOTFOUND, or s_bad_row's code for anything else. */
+static int s_one_user_id(PGresult *r, char user_id[37], const char *what)
+{
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return LK_ENOTFOUND;
+    }
+    if (PQntuples(r) != 1 || PQnfields(r) != 1 || lk_strlcpy(user_id, PQgetvalue(r, 0, 0), 37) != 0)
+        return s_bad_row(r, what);
+    PQclear(r);
+    return 0;
+}
+
 int lk_db_session_user(lk_db_t *self, const uint8_t hash[32], char user_id[37])
 {
     const char *values[1] = {(const char *)hash};
@@ -985,14 +999,7 @@ int lk_db_session_user(lk_db_t *self, const uint8_t hash[32], char user_id[37])
         PQclear(r);
         return LK_EDB;
     }
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        return LK_ENOTFOUND;
-    }
-    if (PQntuples(r) != 1 || PQnfields(r) != 1 || lk_strlcpy(user_id, PQgetvalue(r, 0, 0), 37) != 0)
-        return s_bad_row(r, "session_user");
-    PQclear(r);
-    return 0;
+    return s_one_user_id(r, user_id, "session_user");
 }
 
 int lk_db_user_set_active(lk_db_t *self, const char *email, int active, char user_id[37])
@@ -1005,12 +1012,5 @@ int lk_db_user_set_active(lk_db_t *self, const char *email, int active, char use
         PQclear(r);
         return LK_EDB;
     }
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        return LK_ENOTFOUND;
-    }
-    if (PQntuples(r) != 1 || PQnfields(r) != 1 || lk_strlcpy(user_id, PQgetvalue(r, 0, 0), 37) != 0)
-        return s_bad_row(r, "user_set_active");
-    PQclear(r);
-    return 0;
+    return s_one_user_id(r, user_id, "user_set_active");
 }
