@@ -16,6 +16,8 @@
 #define S_DB_NAME "sessions"
 #define S_TDB_NAME "throttle"
 #define S_MDB_NAME "meta"
+#define S_UDB_NAME "touch"
+#define S_ULEN 8 /* a touch value: last use, wall-clock ms, int64 little-endian */
 #define S_META_MAX 64
 #define S_KEY_LEN 32
 
@@ -41,6 +43,8 @@ struct lk_cache {
     int has_tdbi;
     MDB_dbi mdbi;     /* "meta": small named values (the warm-up marker, see cache.h) */
     int has_mdbi;
+    MDB_dbi udbi;     /* "touch": last use of a session, for the idle timeout (see cache.h) */
+    int has_udbi;
     size_t max_map;   /* growth ceiling on MDB_MAP_FULL; 0 = never grow */
     /* The one read transaction of this handle, kept reset between lookups: renew costs a
      * few loads and stores on the reader slot it already owns, where begin/abort would
@@ -101,8 +105,8 @@ int lk_cache_open(const char *path, size_t map_size, int readonly, lk_cache_t **
         free(self);
         return s_open_err(rc);
     }
-    /* "sessions" plus room for the throttling counters' key families. */
-    rc = mdb_env_set_maxdbs(self->env, 4);
+    /* "sessions", "throttle", "meta", "touch", and room to grow. */
+    rc = mdb_env_set_maxdbs(self->env, 8);
     /* Every gateway, worker and sweeper process of the host holds one slot for its life;
      * LMDB's default of 126 would cap a scaled-out host. */
     if (rc == 0)
@@ -184,6 +188,14 @@ static int s_open_dbi(lk_cache_t *self, const char *path)
     else if (!(rc == MDB_NOTFOUND && self->readonly)) {
         mdb_txn_abort(txn);
         lk_error("cache: open database '" S_MDB_NAME "' in %s: %s", path, mdb_strerror(rc));
+        return s_open_err(rc);
+    }
+    rc = mdb_dbi_open(txn, S_UDB_NAME, self->readonly ? 0 : MDB_CREATE, &self->udbi);
+    if (rc == 0)
+        self->has_udbi = 1;
+    else if (!(rc == MDB_NOTFOUND && self->readonly)) {
+        mdb_txn_abort(txn);
+        lk_error("cache: open database '" S_UDB_NAME "' in %s: %s", path, mdb_strerror(rc));
         return s_open_err(rc);
     }
     rc = mdb_txn_commit(txn);
@@ -805,4 +817,112 @@ int lk_cache_throttle_sweep(lk_cache_t *self, int64_t before_ms, size_t max, siz
         return -EPERM;
     return s_sweep_dbi(self, self->tdbi, before_ms, max, s_throttle_garbage, "throttle sweep",
                        removed);
+}
+
+/* The idle timeout's last-use records ("touch"). */
+
+int lk_cache_session_get_used(lk_cache_t *self, const uint8_t hash[32], int64_t now_ms,
+                              struct lk_session *out, int64_t *used_ms)
+{
+    MDB_txn *txn;
+    int rc = s_read_begin(self, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash}, v;
+    struct lk_session s;
+    int64_t touched = INT64_MIN;
+    rc = mdb_get(txn, self->dbi, &k, &v);
+    int bad = rc == 0 ? s_decode(&v, &s) : 0;
+    size_t vsize = rc == 0 ? v.mv_size : 0;
+    if (rc == 0 && !bad && self->has_udbi) {
+        /* The same snapshot as the session: a touch can never be older than its session
+         * in a way a second transaction could make inconsistent. */
+        MDB_val u;
+        int urc = mdb_get(txn, self->udbi, &k, &u);
+        if (urc == 0 && u.mv_size == S_ULEN)
+            touched = s_get_i64(u.mv_data);
+        else if (urc != 0 && urc != MDB_NOTFOUND)
+            rc = urc;
+    }
+    s_read_end(self);
+    if (rc == MDB_NOTFOUND)
+        return LK_ENOTFOUND;
+    if (rc != 0) {
+        lk_error("cache: get: %s", mdb_strerror(rc));
+        return LK_ECACHE;
+    }
+    if (bad) {
+        lk_warn("cache: corrupt session value (%zu bytes) treated as absent", vsize);
+        return LK_ENOTFOUND;
+    }
+    if (now_ms >= s.expires_ms)
+        return LK_ENOTFOUND;
+    *out = s;
+    *used_ms = touched > s.created_ms ? touched : s.created_ms;
+    return 0;
+}
+
+int lk_cache_touch_many(lk_cache_t *self, const uint8_t (*hashes)[32], const int64_t *used_ms,
+                        size_t n, size_t *written)
+{
+    *written = 0;
+    if (self->readonly || !self->has_udbi)
+        return -EPERM;
+    for (;;) {
+        MDB_txn *txn;
+        size_t w = 0;
+        int rc = s_write_begin(self, &txn);
+        if (rc != 0)
+            return rc;
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hashes[i]}, v;
+            /* A touch for a session that is gone (revoked, swept) would only be garbage
+             * for the sweep: skip it. */
+            rc = mdb_get(txn, self->dbi, &k, &v);
+            if (rc == MDB_NOTFOUND) {
+                rc = 0;
+                continue;
+            }
+            if (rc != 0)
+                break;
+            rc = mdb_get(txn, self->udbi, &k, &v);
+            if (rc == 0 && v.mv_size == S_ULEN && s_get_i64(v.mv_data) >= used_ms[i])
+                continue; /* another gateway recorded a later use already */
+            if (rc != 0 && rc != MDB_NOTFOUND)
+                break;
+            uint8_t buf[S_ULEN];
+            s_put_i64(buf, used_ms[i]);
+            v.mv_size = S_ULEN;
+            v.mv_data = buf;
+            rc = mdb_put(txn, self->udbi, &k, &v, 0);
+            if (rc == 0)
+                w++;
+        }
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        if (rc == 0) {
+            *written = w;
+            return 0;
+        }
+        if (rc != MDB_MAP_FULL || s_grow(self) != 0)
+            return s_write_fail(NULL, rc, "touch");
+    }
+}
+
+/* A last-use record older than before_ms, or one of an unknown format. */
+static int s_touch_garbage(const MDB_val *v, int64_t before_ms)
+{
+    return v->mv_size != S_ULEN || s_get_i64(v->mv_data) < before_ms;
+}
+
+int lk_cache_touch_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed)
+{
+    *removed = 0;
+    if (self->readonly || !self->has_udbi)
+        return -EPERM;
+    if (max == 0)
+        return 0;
+    return s_sweep_dbi(self, self->udbi, before_ms, max, s_touch_garbage, "touch sweep", removed);
 }

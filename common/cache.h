@@ -141,6 +141,29 @@ int lk_cache_sessions_prune_range(lk_cache_t *self, const uint8_t after[32],
 int lk_cache_meta_get(lk_cache_t *self, const char *name, char *out, size_t cap) LK_WUR;
 int lk_cache_meta_put(lk_cache_t *self, const char *name, const char *value) LK_WUR;
 
+/* The optional idle timeout (session.idle_timeout): the last use of a session is kept in
+ * the named database "touch" (token hash -> wall-clock ms), written coarsely by the
+ * gateways (at most once per resolution per session, batched into one write transaction),
+ * so that validate does not write on every request.
+ *
+ * lk_cache_session_get_used: as lk_cache_session_get, and *used_ms gets the session's last
+ * recorded use (its creation when no use was recorded), read in the same snapshot.
+ * Returns 0, LK_ENOTFOUND (absent or expired) or LK_ECACHE.
+ *
+ * lk_cache_touch_many: records used_ms[i] as the last use of hashes[i] for each of the n
+ * sessions that exist and whose recorded last use is earlier, in one write transaction
+ * (growing the map when full); *written gets how many records changed. Returns 0, -EPERM
+ * (read-only handle, or an environment without the "touch" database) or LK_ECACHE.
+ *
+ * lk_cache_touch_sweep: deletes up to max records older than before_ms (the sweeper: a
+ * record older than the idle timeout says nothing the creation time would not). *removed
+ * gets the count. Returns 0, -EPERM or LK_ECACHE. */
+int lk_cache_session_get_used(lk_cache_t *self, const uint8_t hash[32], int64_t now_ms,
+                              struct lk_session *out, int64_t *used_ms) LK_WUR;
+int lk_cache_touch_many(lk_cache_t *self, const uint8_t (*hashes)[32], const int64_t *used_ms,
+                        size_t n, size_t *written) LK_WUR;
+int lk_cache_touch_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed) LK_WUR;
+
 /* Sets the size up to which the map may grow on MDB_MAP_FULL (0: never grows). */
 void lk_cache_set_max_map(lk_cache_t *self, size_t max_map);
 

@@ -96,6 +96,9 @@ static const struct s_key s_keys[] = {
 
     S_ROW(session, ttl, ttl_ms, S_DUR, "24h", 1, S_SEC, 365 * 24 * S_HOUR,
           "session lifetime"),
+    S_ROW(session, idle_timeout, idle_timeout_ms, S_DUR, "0s", 0, 0, 365 * 24 * S_HOUR,
+          "a session unused for this long stops validating (0 = off); recorded at most "
+          "once per idle_timeout/10 (at least 100ms, at most 60s) per session"),
 
     S_ROW(password, min_length, min_length, S_INT, "8", 0, 1, 1024,
           "shortest accepted password, in Unicode code points"),

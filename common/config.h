@@ -65,6 +65,7 @@ struct lk_config {
     } signin;
     struct {
         int64_t ttl_ms;                 /* session lifetime */
+        int64_t idle_timeout_ms;        /* unused this long: invalid (0 = off) */
     } session;
     struct {
         int min_length;                 /* minimum password length in Unicode code points */

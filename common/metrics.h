@@ -115,7 +115,9 @@ enum lk_metric_unit { LK_MU_ONE = 0, LK_MU_US };
     X(LKM_METRICS_REPORTS, "latchkey_metrics_reports_total", LK_MK_COUNTER, LK_MU_ONE, "",         \
       "local", "Report messages the collector accepted")                                           \
     X(LKM_METRICS_MALFORMED, "latchkey_metrics_reports_malformed_total", LK_MK_COUNTER, LK_MU_ONE, \
-      "", "local", "Report messages the collector dropped: malformed, or its tables full")
+      "", "local", "Report messages the collector dropped: malformed, or its tables full")  \
+    X(LKM_SESSION_TOUCHES, "latchkey_session_touches_total", LK_MK_COUNTER, LK_MU_ONE, "",         \
+      "gateway", "Last uses of sessions recorded for the idle timeout (session.idle_timeout)")
 
 enum lk_metric_family {
 #define LK_X_(ID, name, kind, unit, labels, who, help) ID,

@@ -21,6 +21,7 @@
  *   - the end of a drain after SIGTERM
  */
 #include "gateway.h"
+#include "idle.h"
 #include "gwmetrics.h"
 
 #include "crypto.h"
@@ -201,6 +202,7 @@ int gateway_main(int argc, char **argv)
     gwm_fini();
     broker_fini();
     routes_fini();
+    idle_flush(gw.cache, 1);
     lk_cache_destroy(&gw.cache);
     if (s_lfd >= 0)
         close(s_lfd);
@@ -698,6 +700,7 @@ static void s_cron(void)
     }
     broker_cron();
     gwm_cron();
+    idle_flush(gw.cache, 0);
     if (!gw.cache && gw.now >= s_cache_next)
         s_cache_try_open();
     if (s_listen_paused && s_lfd >= 0) {
@@ -760,7 +763,10 @@ static void s_conn_timers(struct gw_conn *c)
 static void s_cache_try_open(void)
 {
     static int64_t wait;
-    int rc = lk_cache_open(gw.cfg.cache.path, gw.cfg.cache.map_size, 1, &gw.cache);
+    /* Read-only, unless the idle timeout is on: then the gateway records session uses
+     * (idle.h), in batches from the cron, never one write per validate. */
+    int rc = lk_cache_open(gw.cfg.cache.path, gw.cfg.cache.map_size,
+                           gw.cfg.session.idle_timeout_ms > 0 ? 0 : 1, &gw.cache);
     if (rc == 0) {
         lk_info("session cache open: %s", gw.cfg.cache.path);
         return;

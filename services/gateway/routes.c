@@ -16,6 +16,7 @@
  * offered: tokens travel in Authorization, never in cookies.
  */
 #include "gateway.h"
+#include "idle.h"
 #include "gwmetrics.h"
 
 #include "check.h"
@@ -386,7 +387,7 @@ static void s_validate(struct gw_conn *c)
         s_reply_unavailable(c, "session cache unavailable");
         return;
     }
-    int rc = lk_cache_session_get(gw.cache, hash, lk_now_ms(), &s);
+    int rc = idle_session_get(gw.cache, hash, lk_now_ms(), &s);
     if (rc == LK_ENOTFOUND) {
         s_reply_token(c, 0);
         return;
@@ -446,7 +447,7 @@ static void s_validate_batch(struct gw_conn *c)
         struct lk_session s;
         int rc = lk_token_hash(json_string_value(t), json_string_length(t), hash);
         if (rc == 0)
-            rc = lk_cache_session_get(gw.cache, hash, now, &s);
+            rc = idle_session_get(gw.cache, hash, now, &s);
         if (i)
             gw_buf_raw(&s_big, ",", 1);
         if (rc == 0) {
@@ -653,7 +654,7 @@ static int s_live_token(struct gw_conn *c, uint8_t hash[LK_TOKEN_HASH_LEN])
         s_reply_unavailable(c, "session cache unavailable");
         return -1;
     }
-    int rc = lk_cache_session_get(gw.cache, hash, lk_now_ms(), &s);
+    int rc = idle_session_get(gw.cache, hash, lk_now_ms(), &s);
     if (rc == LK_ENOTFOUND) {
         s_reply_token(c, 0);
         return -1;

@@ -12,6 +12,7 @@
 #include "util.h"
 #include "worker.h"
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@
 
 int sweeper_main(int argc, char **argv);
 static int64_t sweeper_cron(void);
+static int s_sweep_touch(int64_t now);
 static int s_sweep_db(int64_t before_ms, long *deleted);
 static int s_sweep_cache(int64_t before_ms, size_t *removed);
 static int s_warm_up(void);
@@ -130,6 +132,8 @@ static int64_t sweeper_cron(void)
         lk_error("cache sweep: %s", lk_strerror(rc));
     if ((rc = s_sweep_throttle(now)) != 0)
         lk_error("throttle sweep: %s", lk_strerror(rc));
+    if ((rc = s_sweep_touch(now)) != 0)
+        lk_error("touch sweep: %s", lk_strerror(rc));
     if ((rc = lk_cache_reader_check(s_cache, &readers)) != 0)
         lk_error("cache reader check: %s", lk_strerror(rc));
     else
@@ -142,6 +146,25 @@ static int64_t sweeper_cron(void)
 /* A throttling record idle this long (and not locked) is forgotten: an email then starts
  * again from zero failures; locks and signup windows are kept while they run. */
 #define THROTTLE_IDLE_MS (60 * 60 * 1000)
+
+/* The idle timeout's last-use records: one older than the timeout says no more than the
+ * session's creation time would (the session is idle either way), so it goes; with the
+ * timeout off, every record goes. */
+static int s_sweep_touch(int64_t now)
+{
+    size_t removed = 0, total = 0;
+    int rc;
+    int64_t before = now - s_cfg.session.idle_timeout_ms;
+    do {
+        rc = lk_cache_touch_sweep(s_cache, before, SWEEP_BATCH, &removed);
+        total += removed;
+    } while (rc == 0 && removed == SWEEP_BATCH);
+    if (rc == -EPERM)
+        return 0; /* an environment without the touch database: nothing to sweep */
+    if (total)
+        lk_debug("swept %zu last-use records", total);
+    return rc;
+}
 
 static int s_sweep_throttle(int64_t now)
 {

@@ -18,7 +18,10 @@
 #   9. latchkeyctl user disable: every token stops validating at once; enable undoes it;
 #  10. no token in Postgres or in the LMDB file, in plaintext, hex or base64;
 #  11. a stored hash of another cost is rehashed at the next successful signin (restart
-#      with another hash.mem); a stored hash over the ceiling is a failure (9b).
+#      with another hash.mem); a stored hash over the ceiling is a failure (9b);
+#  12. the idle timeout: off by default; on (restart with session.idle_timeout), a session in
+#      use outlives it, a burst of validates records only a few uses (no write per request),
+#      an unused session gets 401 from validate, validate/batch and signout.
 #
 #   tests/integration/security_test.py BUILD_DIR      (e.g. build/release or build/san)
 import base64
@@ -355,6 +358,61 @@ T.check("... and the new hash verifies", st == 200, st)
 st = signin("nfkc@example.com", "wrong password here")[0]
 after2 = S.psql("SELECT password_hash FROM users WHERE email = 'nfkc@example.com'")
 T.check("a failed signin rehashes nothing", st == 401 and after2 == after, st)
+
+# ---- 12. the idle timeout: off by default; on, validate honours it without a write per request
+st, _, b, _ = signin("nfkc@example.com", composed)
+tok = b.get("token", "") if isinstance(b, dict) else ""
+time.sleep(4)
+T.check("idle timeout off (default): a session unused for 4 s still validates",
+        st == 200 and validate(tok) == 200, st)
+S.stop()
+IDLE = 3
+S.env["LATCHKEY_SESSION_IDLE_TIMEOUT"] = "%ds" % IDLE
+T.check("the stack restarts with session.idle_timeout = %ds" % IDLE, S.start())
+
+
+def touches():
+    """latchkey_session_touches_total from /metrics (None when absent)."""
+    st, _, text, _ = req("GET", "/metrics")
+    if st != 200 or not isinstance(text, str):
+        return None
+    for line in text.splitlines():
+        if line.startswith("latchkey_session_touches_total "):
+            return float(line.split()[1])
+    return None
+
+
+st, _, b, _ = signin("nfkc@example.com", composed)
+tok = b.get("token", "") if isinstance(b, dict) else ""
+kept = []
+for i in range(7):  # 7 s of use, each gap under the timeout: more than twice the timeout
+    time.sleep(1)
+    kept.append(validate(tok) if i % 2 == 0 else
+                (200 if req("POST", "/api/auth/validate/batch", {"tokens": [tok]})[2]
+                 .get("results", [{}])[0].get("valid") else 401))
+T.check("a session in use (validate and validate/batch, 1 s apart) outlives the idle timeout",
+        st == 200 and kept == [200] * 7, (st, kept))
+# a burst: at most one recorded use per session per resolution (idle/10, >= 100 ms)
+deadline = time.time() + 20
+t0 = touches()
+while t0 is None and time.time() < deadline:
+    time.sleep(0.5)
+    t0 = touches()
+t_start = time.time()
+burst = [validate(tok) for _ in range(100)]
+burst_s = time.time() - t_start
+time.sleep(2.5)  # the gateway writes within IDLE_FLUSH_MS, the collector hears it within 1 s
+t1 = touches()
+written = (t1 - t0) if t0 is not None and t1 is not None else None
+bound = int(burst_s / 0.3) + 2
+T.check("100 validates in %.2f s record at most %d uses (%s): no write per request" % (burst_s, bound, written),
+        burst == [200] * 100 and written is not None and 1 <= written <= bound, (burst[:3], t0, t1))
+time.sleep(IDLE + 1.5)
+T.check("unused for longer than the idle timeout: validate is 401", validate(tok) == 401)
+st, _, b, _ = req("POST", "/api/auth/validate/batch", {"tokens": [tok]})
+T.check("... validate/batch says valid: false", st == 200 and b.get("results") == [{"valid": False}], (st, b))
+T.check("... and signout with it is 401", req("POST", "/api/auth/signout", token=tok)[0] == 401)
+T.check("a new signin gets a working session", validate(signin("nfkc@example.com", composed)[2].get("token", "")) == 200)
 
 T.check("no sanitizer report from any process", S.sanitizer_reports() == "", S.sanitizer_reports()[:2000])
 if T.bad:

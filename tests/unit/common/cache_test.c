@@ -748,6 +748,72 @@ static void test_throttle_race(void **state)
     assert_int_equal(total, 5);
 }
 
+/* The idle timeout's last-use records: creation is the default, only later uses are
+ * written, a use of a missing session is not, and the sweep goes by age. */
+static void test_touch(void **state)
+{
+    struct fixture *f = *state;
+    lk_cache_t *c = s_open_rw(f->env, MAP);
+    uint8_t h[3][32];
+    struct lk_session s, got;
+    int64_t used = -1, when[3];
+    size_t w = 99, removed = 99;
+    for (uint32_t i = 0; i < 3; i++)
+        s_hash(h[i], 100 + i);
+    s_session(&s, 1, 1000, 90000);
+    assert_int_equal(lk_cache_session_put(c, h[0], &s), 0);
+    s_session(&s, 2, 2000, 90000);
+    assert_int_equal(lk_cache_session_put(c, h[1], &s), 0);
+
+    assert_int_equal(lk_cache_session_get_used(c, h[0], 5000, &got, &used), 0);
+    assert_int_equal(used, 1000);
+    assert_int_equal(got.created_ms, 1000);
+    assert_int_equal(lk_cache_session_get_used(c, h[2], 5000, &got, &used), LK_ENOTFOUND);
+
+    /* h[2] has no session: skipped; h[1]'s use is before its creation: still written,
+     * but the creation time wins on read. */
+    when[0] = 7000, when[1] = 1500, when[2] = 7000;
+    assert_int_equal(lk_cache_touch_many(c, (const uint8_t(*)[32])h, when, 3, &w), 0);
+    assert_int_equal(w, 2);
+    assert_int_equal(lk_cache_session_get_used(c, h[0], 8000, &got, &used), 0);
+    assert_int_equal(used, 7000);
+    assert_int_equal(lk_cache_session_get_used(c, h[1], 8000, &got, &used), 0);
+    assert_int_equal(used, 2000);
+
+    /* An earlier use never overwrites a later one (another gateway's). */
+    when[0] = 6000;
+    assert_int_equal(lk_cache_touch_many(c, (const uint8_t(*)[32])h, when, 1, &w), 0);
+    assert_int_equal(w, 0);
+    assert_int_equal(lk_cache_session_get_used(c, h[0], 8000, &got, &used), 0);
+    assert_int_equal(used, 7000);
+    /* Expiry still rules. */
+    assert_int_equal(lk_cache_session_get_used(c, h[0], 90000, &got, &used), LK_ENOTFOUND);
+
+    /* Sweep: records before 5000 go (h[1]'s 1500), 7000 stays. */
+    assert_int_equal(lk_cache_touch_sweep(c, 5000, 100, &removed), 0);
+    assert_int_equal(removed, 1);
+    assert_int_equal(lk_cache_touch_sweep(c, 5000, 100, &removed), 0);
+    assert_int_equal(removed, 0);
+    assert_int_equal(lk_cache_touch_sweep(c, 8000, 100, &removed), 0);
+    assert_int_equal(removed, 1);
+    assert_int_equal(lk_cache_session_get_used(c, h[0], 8000, &got, &used), 0);
+    assert_int_equal(used, 1000);
+    lk_cache_destroy(&c);
+
+    /* A read-only handle reads the records but cannot write them. */
+    c = s_open_rw(f->env, MAP);
+    when[0] = 9000;
+    assert_int_equal(lk_cache_touch_many(c, (const uint8_t(*)[32])h, when, 1, &w), 0);
+    lk_cache_destroy(&c);
+    lk_cache_t *ro = NULL;
+    assert_int_equal(lk_cache_open(f->env, 0, 1, &ro), 0);
+    assert_int_equal(lk_cache_session_get_used(ro, h[0], 9500, &got, &used), 0);
+    assert_int_equal(used, 9000);
+    assert_int_equal(lk_cache_touch_many(ro, (const uint8_t(*)[32])h, when, 1, &w), -EPERM);
+    assert_int_equal(lk_cache_touch_sweep(ro, 0, 1, &removed), -EPERM);
+    lk_cache_destroy(&ro);
+}
+
 int main(void)
 {
 
@@ -768,6 +834,7 @@ int main(void)
         T(test_stats),
         T(test_throttle_sequence),
         T(test_throttle_race),
+        T(test_touch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
