@@ -612,42 +612,67 @@ static int s_session_garbage(const MDB_val *v, int64_t before_ms)
     return s.expires_ms < before_ms;
 }
 
-/* One write transaction deleting up to max entries of dbi for which garbage() says so;
- * *removed gets the count. what names the sweep in log lines. */
+/* Deletes up to max entries of dbi for which garbage() says so; *removed gets the count.
+ * what names the sweep in log lines. Keys are hashes, so age order is not key order: this
+ * is a full scan, done in write transactions of at most s_scan_chunk entries each, every
+ * one resuming at the key where the last stopped, so that the writer lock (which signin
+ * workers need for every new session) is never held for a whole pass over a million
+ * entries. */
+static size_t s_scan_chunk = 8192; /* a variable so that the unit tests can shrink it */
+#define S_KEY_MAX 511 /* LMDB's default maximum key size */
+
 static int s_sweep_dbi(lk_cache_t *self, MDB_dbi dbi, int64_t before_ms, size_t max,
                        int (*garbage)(const MDB_val *v, int64_t before_ms), const char *what,
                        size_t *removed)
 {
-    MDB_txn *txn;
-    int rc = s_write_begin(self, &txn);
-    if (rc != 0)
-        return rc;
-    MDB_cursor *cur;
-    rc = mdb_cursor_open(txn, dbi, &cur);
-    if (rc != 0)
-        return s_write_fail(txn, rc, what);
+    uint8_t resume[S_KEY_MAX];
+    size_t resume_len = 0; /* 0: from the first key */
     size_t n = 0;
-    MDB_val k, v;
-    /* Keys are hashes, so age order is not key order: this is a full scan. It holds the
-     * writer lock for its length, hence the caller's max. */
-    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-    while (rc == 0 && n < max) {
-        if (garbage(&v, before_ms)) {
-            rc = mdb_cursor_del(cur, 0);
-            if (rc != 0)
-                break;
-            n++;
+
+    for (;;) {
+        MDB_txn *txn;
+        int rc = s_write_begin(self, &txn);
+        if (rc != 0)
+            return rc;
+        MDB_cursor *cur;
+        rc = mdb_cursor_open(txn, dbi, &cur);
+        if (rc != 0)
+            return s_write_fail(txn, rc, what);
+        MDB_val k = {.mv_size = resume_len, .mv_data = resume}, v;
+        rc = mdb_cursor_get(cur, &k, &v, resume_len ? MDB_SET_RANGE : MDB_FIRST);
+        size_t scanned = 0;
+        while (rc == 0 && n < max && scanned < s_scan_chunk) {
+            if (garbage(&v, before_ms)) {
+                rc = mdb_cursor_del(cur, 0);
+                if (rc != 0)
+                    break;
+                n++;
+            }
+            scanned++;
+            /* After a delete the cursor already sits on the next entry; MDB_NEXT knows. */
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
         }
-        /* After a delete the cursor already sits on the next entry; MDB_NEXT knows. */
-        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-    }
-    mdb_cursor_close(cur);
-    if (rc != 0 && rc != MDB_NOTFOUND)
-        return s_write_fail(txn, rc, what);
-    rc = s_commit(txn, what);
-    if (rc == 0)
+        int more = rc == 0 && n < max; /* stopped at the chunk's end, on an unexamined key */
+        if (more) {
+            if (k.mv_size == 0 || k.mv_size > sizeof resume) {
+                rc = MDB_BAD_VALSIZE;
+                more = 0;
+            } else {
+                /* k points into the map: copy it before the transaction ends */
+                memcpy(resume, k.mv_data, k.mv_size);
+                resume_len = k.mv_size;
+            }
+        }
+        mdb_cursor_close(cur);
+        if (rc != 0 && rc != MDB_NOTFOUND && !more)
+            return s_write_fail(txn, rc, what);
+        rc = s_commit(txn, what);
+        if (rc != 0)
+            return rc;
         *removed = n;
-    return rc;
+        if (!more)
+            return 0;
+    }
 }
 
 int lk_cache_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed)

@@ -67,8 +67,10 @@ int lk_cache_session_put(lk_cache_t *self, const uint8_t hash[32], const struct 
 /* Removes a token hash. Returns 0, LK_ENOTFOUND if it was absent, or LK_ECACHE. */
 int lk_cache_session_del(lk_cache_t *self, const uint8_t hash[32]) LK_WUR;
 
-/* Deletes up to max sessions that expired before before_ms, in one short write
- * transaction; *removed gets the count. Call again while *removed == max. */
+/* Deletes up to max sessions that expired before before_ms; *removed gets the count. Call
+ * again while *removed == max. A full scan (keys are hashes, not times), in write
+ * transactions of at most 8192 entries each, so that the writer lock is held for
+ * milliseconds at a time even over millions of entries. */
 int lk_cache_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed) LK_WUR;
 
 /* Counts live entries (for metrics and tests). Returns 0 or LK_ECACHE. */

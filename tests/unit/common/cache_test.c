@@ -29,6 +29,10 @@ static int s_rm(const char *path, const struct stat *sb, int flag, struct FTW *f
 
 static int s_setup(void **state)
 {
+    /* A tiny scan chunk, so the sweeps cross many chunk boundaries (resumption at the key
+     * where the last write transaction stopped, deletes next to a boundary); tests that
+     * need production's chunk set it back. */
+    s_scan_chunk = 7;
     struct fixture *f = calloc(1, sizeof *f);
     if (f == NULL)
         return -1;
@@ -429,6 +433,9 @@ static void test_map_full(void **state)
     uint8_t h[32];
     uint32_t i;
     int rc = 0;
+    /* A sweep of a full map frees room in one chunk when whole leaf pages empty out (their
+     * pages are reused within the transaction). */
+    s_scan_chunk = 8192;
     for (i = 0; i < 100000; i++) {
         s_hash(h, i);
         s_session(&s, i, 1, 1000000);
