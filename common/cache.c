@@ -5,6 +5,7 @@
 #include "cache.h"
 
 #include "log.h"
+#include "util.h"
 
 #include <errno.h>
 #include <lmdb.h>
@@ -17,6 +18,7 @@
 #define S_TDB_NAME "throttle"
 #define S_MDB_NAME "meta"
 #define S_UDB_NAME "touch"
+#define S_RDB_NAME "revoked" /* token hash -> revocation time (int64 ms): see cache.h */
 #define S_ULEN 8 /* a touch value: last use, wall-clock ms, int64 little-endian */
 #define S_META_MAX 64
 #define S_KEY_LEN 32
@@ -45,6 +47,8 @@ struct lk_cache {
     int has_mdbi;
     MDB_dbi udbi;     /* "touch": last use of a session, for the idle timeout (see cache.h) */
     int has_udbi;
+    MDB_dbi rdbi;     /* "revoked": recent revocations, so a warm-up cannot undo them */
+    int has_rdbi;
     size_t max_map;   /* growth ceiling on MDB_MAP_FULL; 0 = never grow */
     /* The one read transaction of this handle, kept reset between lookups: renew costs a
      * few loads and stores on the reader slot it already owns, where begin/abort would
@@ -196,6 +200,14 @@ static int s_open_dbi(lk_cache_t *self, const char *path)
     else if (!(rc == MDB_NOTFOUND && self->readonly)) {
         mdb_txn_abort(txn);
         lk_error("cache: open database '" S_UDB_NAME "' in %s: %s", path, mdb_strerror(rc));
+        return s_open_err(rc);
+    }
+    rc = mdb_dbi_open(txn, S_RDB_NAME, self->readonly ? 0 : MDB_CREATE, &self->rdbi);
+    if (rc == 0)
+        self->has_rdbi = 1;
+    else if (!(rc == MDB_NOTFOUND && self->readonly)) {
+        mdb_txn_abort(txn);
+        lk_error("cache: open database '" S_RDB_NAME "' in %s: %s", path, mdb_strerror(rc));
         return s_open_err(rc);
     }
     rc = mdb_txn_commit(txn);
@@ -410,6 +422,16 @@ int lk_cache_sessions_put_many(lk_cache_t *self, const uint8_t (*hashes)[32],
                 continue; /* no valid email: never servable, skip */
             MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hashes[i]};
             MDB_val v = {.mv_size = len, .mv_data = buf};
+            if (self->has_rdbi) {
+                /* Revoked after the page was read from Postgres: putting it back would
+                 * undo the revoke. */
+                MDB_val r;
+                rc = mdb_get(txn, self->rdbi, &k, &r);
+                if (rc == 0)
+                    continue;
+                if (rc != MDB_NOTFOUND)
+                    break;
+            }
             /* NOOVERWRITE: an entry already there was written through by a worker, at
              * least as fresh as the page read from Postgres. */
             rc = mdb_put(txn, self->dbi, &k, &v, MDB_NOOVERWRITE);
@@ -584,19 +606,41 @@ static int s_grow(lk_cache_t *self)
 
 int lk_cache_session_del(lk_cache_t *self, const uint8_t hash[32])
 {
-    MDB_txn *txn;
-    int rc = s_write_begin(self, &txn);
-    if (rc != 0)
-        return rc;
-    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash};
-    rc = mdb_del(txn, self->dbi, &k, NULL);
-    if (rc == MDB_NOTFOUND) {
-        mdb_txn_abort(txn);
-        return LK_ENOTFOUND;
+    if (self->readonly)
+        return -EPERM;
+    uint8_t when[S_ULEN];
+    s_put_i64(when, lk_now_ms());
+    for (;;) {
+        MDB_txn *txn;
+        int rc = s_write_begin(self, &txn);
+        if (rc != 0)
+            return rc;
+        MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash};
+        int found = 1;
+        rc = mdb_del(txn, self->dbi, &k, NULL);
+        if (rc == MDB_NOTFOUND) {
+            found = 0;
+            rc = 0;
+        }
+        /* The revocation is recorded even when the entry is absent: a warm-up page read
+         * from Postgres before the row was deleted may be about to put it. */
+        if (rc == 0 && self->has_rdbi) {
+            MDB_val v = {.mv_size = S_ULEN, .mv_data = when};
+            rc = mdb_put(txn, self->rdbi, &k, &v, 0);
+        }
+        if (rc == 0 && !found && !self->has_rdbi) {
+            mdb_txn_abort(txn);
+            return LK_ENOTFOUND;
+        }
+        if (rc == 0)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        if (rc == 0)
+            return found ? 0 : LK_ENOTFOUND;
+        if (rc != MDB_MAP_FULL || s_grow(self) != 0)
+            return s_write_fail(NULL, rc, "del");
     }
-    if (rc != 0)
-        return s_write_fail(txn, rc, "del");
-    return s_commit(txn, "del commit");
 }
 
 /* A session entry the sweep collects: expired before before_ms, or corrupt (get reads a
@@ -950,4 +994,16 @@ int lk_cache_touch_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t
     if (max == 0)
         return 0;
     return s_sweep_dbi(self, self->udbi, before_ms, max, s_touch_garbage, "touch sweep", removed);
+}
+
+int lk_cache_revoked_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed)
+{
+    *removed = 0;
+    if (self->readonly || !self->has_rdbi)
+        return -EPERM;
+    if (max == 0)
+        return 0;
+    /* same value format as a last-use record: one int64 time */
+    return s_sweep_dbi(self, self->rdbi, before_ms, max, s_touch_garbage, "revoked sweep",
+                       removed);
 }

@@ -64,7 +64,11 @@ int lk_cache_session_get(lk_cache_t *self, const uint8_t hash[32], int64_t now_m
  * Returns 0 or LK_ECACHE (map full included). Read-only handles get -EPERM. */
 int lk_cache_session_put(lk_cache_t *self, const uint8_t hash[32], const struct lk_session *s) LK_WUR;
 
-/* Removes a token hash. Returns 0, LK_ENOTFOUND if it was absent, or LK_ECACHE. */
+/* Removes a token hash (a revocation: signout, signout-all, user disable), and records
+ * the revocation, present or not, in the named database "revoked" in the same write
+ * transaction, so that a warm-up page read from Postgres before the row was deleted
+ * cannot put the entry back (lk_cache_sessions_put_many skips revoked hashes). Returns 0,
+ * LK_ENOTFOUND if it was absent, -EPERM (read-only) or LK_ECACHE. */
 int lk_cache_session_del(lk_cache_t *self, const uint8_t hash[32]) LK_WUR;
 
 /* Deletes up to max sessions that expired before before_ms; *removed gets the count. Call
@@ -114,7 +118,7 @@ int lk_cache_throttle_sweep(lk_cache_t *self, int64_t before_ms, size_t max, siz
 /* The warm-up and reconcile of the sweeper (Postgres -> cache).
  *
  * lk_cache_sessions_put_many: stores the n sessions whose entries are absent (an entry
- * present is left alone: a worker wrote it through), in one write transaction, growing
+ * present is left alone: a worker wrote it through) and not revoked (lk_cache_session_del), in one write transaction, growing
  * the map when full. *added gets how many were stored. Read-only handles get -EPERM.
  *
  * lk_cache_sessions_prune_range: deletes the entries with key in (after, upto] (upto
@@ -165,6 +169,11 @@ int lk_cache_session_get_used(lk_cache_t *self, const uint8_t hash[32], int64_t 
 int lk_cache_touch_many(lk_cache_t *self, const uint8_t (*hashes)[32], const int64_t *used_ms,
                         size_t n, size_t *written) LK_WUR;
 int lk_cache_touch_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed) LK_WUR;
+
+/* Deletes up to max revocation records made before before_ms (the sweeper: a record
+ * only matters for the milliseconds between a warm-up page's read and its put; kept an
+ * hour). *removed gets the count. Returns 0, -EPERM or LK_ECACHE. */
+int lk_cache_revoked_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed) LK_WUR;
 
 /* Sets the size up to which the map may grow on MDB_MAP_FULL (0: never grows). */
 void lk_cache_set_max_map(lk_cache_t *self, size_t max_map);

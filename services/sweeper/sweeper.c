@@ -34,6 +34,7 @@
 int sweeper_main(int argc, char **argv);
 static int64_t sweeper_cron(void);
 static int s_sweep_touch(int64_t now);
+static int s_sweep_revoked(int64_t now);
 static int s_sweep_db(int64_t before_ms, long *deleted);
 static int s_sweep_cache(int64_t before_ms, size_t *removed);
 static int s_warm_up(void);
@@ -134,6 +135,8 @@ static int64_t sweeper_cron(void)
         lk_error("throttle sweep: %s", lk_strerror(rc));
     if ((rc = s_sweep_touch(now)) != 0)
         lk_error("touch sweep: %s", lk_strerror(rc));
+    if ((rc = s_sweep_revoked(now)) != 0)
+        lk_error("revoked sweep: %s", lk_strerror(rc));
     if ((rc = lk_cache_reader_check(s_cache, &readers)) != 0)
         lk_error("cache reader check: %s", lk_strerror(rc));
     else
@@ -163,6 +166,25 @@ static int s_sweep_touch(int64_t now)
         return 0; /* an environment without the touch database: nothing to sweep */
     if (total)
         lk_debug("swept %zu last-use records", total);
+    return rc;
+}
+
+/* Revocation records guard a warm-up page for the milliseconds between its read and its
+ * put; an hour is far beyond that. */
+#define REVOKED_KEEP_MS (60 * 60 * 1000)
+
+static int s_sweep_revoked(int64_t now)
+{
+    size_t removed = 0, total = 0;
+    int rc;
+    do {
+        rc = lk_cache_revoked_sweep(s_cache, now - REVOKED_KEEP_MS, SWEEP_BATCH, &removed);
+        total += removed;
+    } while (rc == 0 && removed == SWEEP_BATCH);
+    if (rc == -EPERM)
+        return 0; /* an environment without the revoked database */
+    if (total)
+        lk_debug("swept %zu revocation records", total);
     return rc;
 }
 
@@ -231,9 +253,9 @@ static int s_page_row(void *arg, const uint8_t hash[32], const struct lk_db_sess
  * order, WARM_PAGE rows per page, puts those the cache lacks and deletes the cache entries
  * of the same key range that Postgres no longer has (revoked or swept while the cache was
  * lost or behind), then marks the cache warm, which the gateway's /ready waits for.
- * Known limit: a revoke that deletes its row and entry between a page's read and its put
- * is undone in the cache until the entry expires; the window is one page (milliseconds),
- * at start only. Returns 0, LK_EDB (retry later) or LK_ECACHE. */
+ * A revoke that deletes its row and entry between a page's read and its put is not undone:
+ * the revocation is recorded in the cache ("revoked", cache.h) and put_many skips it.
+ * Returns 0, LK_EDB (retry later) or LK_ECACHE. */
 static int s_warm_up(void)
 {
     uint8_t after[32] = {0};
