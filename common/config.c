@@ -86,6 +86,9 @@ static const struct s_key s_keys[] = {
           "on SIGTERM, time allowed to finish in-flight requests"),
     S_ROW(gateway, heartbeat, heartbeat_ms, S_DUR, "1s", 0, 10, S_MIN,
           "heartbeat interval between gateway and workers (both ways); dead after 3 missed"),
+    S_ROW(gateway, web_dir, web_dir, S_STR, "", 0, 0, 0,
+          "directory of the built web page served at GET / (read once at start); empty = "
+          "web/ beside the gateway binary's bin/ directory; missing: GET / answers 404"),
 
     S_ROW(signup, count, count, S_INT, "0", 1, 0, 256,
           "signup worker processes; 0 = number of online CPU cores"),
@@ -129,6 +132,10 @@ static const struct s_key s_keys[] = {
     S_ROW(ratelimit, trusted_proxies, trusted_proxies, S_STR, "", 0, 0, 0,
           "comma-separated proxy IPs; only from these is X-Forwarded-For believed (its "
           "rightmost address not in the list is the client)"),
+
+    S_ROW(admin, api_key, api_key, S_STR, "", 0, 0, 0,
+          "Bearer key of the admin endpoint POST /api/auth/signup/batch; empty = the endpoint "
+          "answers 404 (a secret: prefer LATCHKEY_ADMIN_API_KEY)"),
 
     S_ROW(database, url, url, S_STR, "", 0, 0, 0,
           "libpq connection URL or conninfo; empty = the embedded Postgres under paths.var"),

@@ -55,6 +55,7 @@ struct lk_config {
         int64_t route_timeout_ms;       /* 504 when no worker answered in time */
         int64_t drain_timeout_ms;       /* SIGTERM: time to finish in-flight requests */
         int64_t heartbeat_ms;           /* worker heartbeat interval (both ways) */
+        char web_dir[LK_PATH_MAX];      /* the built web page (GET /); empty = <exe>/../../web */
     } gateway;
     struct {
         int count;                      /* signup worker processes; 0 = number of cores */
@@ -89,6 +90,11 @@ struct lk_config {
         char trusted_proxies[1024];     /* comma-separated IPs whose X-Forwarded-For is
                                            believed; empty = none */
     } ratelimit;
+    struct {
+        char api_key[200];              /* Bearer key of the admin endpoints (signup/batch);
+                                           empty = those endpoints answer 404. A secret:
+                                           never logged, compared in constant time */
+    } admin;
     struct {
         char url[1024];                 /* libpq conninfo or URL; empty = embedded Postgres */
     } database;

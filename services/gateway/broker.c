@@ -12,6 +12,11 @@
  * without its worker (route timeout) leaves the worker busy with the job's id until the
  * late reply comes (then discarded) or a few heartbeats after the deadline.
  *
+ * A job answers either a connection (conn) or one line of a signup batch (batch, line:
+ * batch.c, which keeps a few lines of a batch in flight at a time); s_job_finish is the one
+ * place that hands an answer to either. A batch that goes away (its client left) drops its
+ * queued jobs and detaches its sent ones, exactly as a connection does.
+ *
  * Several gateways (gateway.count > 1): gateway i binds its own endpoint
  * (lk_gateway_backend) and every worker serves every gateway, one job at a time. A worker
  * running another gateway's job says so (MSG_WK_HEARTBEAT busy=1) and is "away": off the
@@ -80,7 +85,9 @@ struct gw_job {
     uint64_t id;
     int role;
     int kind;                     /* enum gw_kind */
-    struct gw_conn *conn;         /* NULL once the client is gone */
+    struct gw_conn *conn;         /* NULL once the client is gone (or for a batch line) */
+    struct gw_batch *batch;       /* a line of this signup batch, NULL once it is gone */
+    uint32_t line;                /* that line, 0-based */
     struct gw_worker *worker;     /* NULL while queued */
     int64_t deadline;             /* mono ms: 504 */
     char email[LK_EMAIL_MAX + 1]; /* normalized, for the signup answer */
@@ -121,6 +128,9 @@ static void s_idle_unlink(struct gw_worker *w);
 static int s_send_job(struct gw_worker *w, struct gw_job *j);
 static void s_job_unlink(struct gw_job *j);
 static void s_job_free(struct gw_job *j);
+static void s_job_finish(struct gw_job *j, const struct lk_msg *reply, int status);
+static int s_submit(struct gw_conn *c, struct gw_batch *b, uint32_t line, int role, int kind,
+                    struct lk_msg *m, const char *email);
 static void s_queue_push(struct gw_job *j);
 static struct gw_job *s_queue_pop(int role);
 static void s_queue_remove(struct gw_job *j);
@@ -406,24 +416,32 @@ static void s_on_reply(struct gw_worker *w, const uint8_t *id, size_t idlen,
      * which may want this very worker. */
     if (!w->away)
         s_worker_idle(w);
-    if (j) {
-        struct gw_conn *c = j->conn;
-        if (c) {
-            c->job = NULL;
-            routes_job_reply(c, j->kind, j->email, m);
-        }
-        s_job_free(j);
-        if (c)
-            gw_conn_resume(c);
-    }
+    if (j)
+        s_job_finish(j, m, 0);
 }
 
 int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const char *email)
 {
-    if (B.count[role] == 0 || (!B.idle_head[role] && B.q_len[role] >= QUEUE_MAX)) {
+    int rc = s_submit(c, NULL, 0, role, kind, m, email);
+    if (rc != 0)
         gwm_rejected(role);
+    return rc == -ENOTCONN ? -EAGAIN : rc;
+}
+
+int broker_submit_line(struct gw_batch *b, uint32_t line, struct lk_msg *m)
+{
+    /* not counted as rejected: a refused line waits and is offered again */
+    return s_submit(NULL, b, line, GW_SIGNUP, GW_JOB_SIGNUP, m, NULL);
+}
+
+/* For a connection c, or for line of batch b (c NULL). */
+static int s_submit(struct gw_conn *c, struct gw_batch *b, uint32_t line, int role, int kind,
+                    struct lk_msg *m, const char *email)
+{
+    if (B.count[role] == 0)
+        return -ENOTCONN;
+    if (!B.idle_head[role] && B.q_len[role] >= QUEUE_MAX)
         return -EAGAIN;
-    }
     struct gw_job *j = calloc(1, sizeof *j);
     if (!j)
         return -ENOMEM;
@@ -431,6 +449,8 @@ int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const
     j->role = role;
     j->kind = kind;
     j->conn = c;
+    j->batch = b;
+    j->line = line;
     j->deadline = gw.now + gw.cfg.gateway.route_timeout_ms;
     if (email)
         (void)lk_strlcpy(j->email, email, sizeof j->email);
@@ -450,9 +470,14 @@ int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const
         B.jobs_head = j;
     B.jobs_tail = j;
     B.njobs++;
-    c->job = j;
-    c->state = C_BUSY;
+    if (c) {
+        c->job = j;
+        c->state = C_BUSY;
+    }
 
+    /* Dropping an unreachable worker below answers nothing of j's own (j is on no worker
+     * and in no queue yet), but it may answer other jobs: a batch's answer to those is
+     * recorded and acted upon later (batch.c does not re-enter its own dispatch). */
     while (B.idle_head[role]) {
         struct gw_worker *w = B.idle_head[role];
         s_idle_unlink(w);
@@ -461,15 +486,58 @@ int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const
         s_worker_drop(w, "unreachable");
     }
     if (B.count[role] == 0 || B.q_len[role] >= QUEUE_MAX) {
-        c->job = NULL;
-        c->state = C_READ;
+        int rc = B.count[role] == 0 ? -ENOTCONN : -EAGAIN;
+        if (c) {
+            c->job = NULL;
+            c->state = C_READ;
+        }
         s_job_unlink(j);
+        lk_wipe(&j->msg, sizeof j->msg);
         s_job_free(j);
-        gwm_rejected(role);
-        return -EAGAIN;
+        return rc;
     }
     s_queue_push(j);
     return 0;
+}
+
+void broker_batch_gone(struct gw_batch *b)
+{
+    for (struct gw_job *j = B.jobs_head, *next; j; j = next) {
+        next = j->next;
+        if (j->batch != b)
+            continue;
+        j->batch = NULL;
+        if (j->queued) {
+            s_queue_remove(j);
+            s_job_unlink(j);
+            s_job_free(j);
+        }
+        /* sent: kept until its reply or its deadline, then dropped without an answer */
+    }
+}
+
+/* j is on no list any more: answers whoever waits for it (a connection, or a line of a
+ * batch) with reply, or with status (503, 504) when reply is NULL, and frees j. */
+static void s_job_finish(struct gw_job *j, const struct lk_msg *reply, int status)
+{
+    struct gw_conn *c = j->conn;
+    struct gw_batch *b = j->batch;
+    uint32_t line = j->line;
+
+    if (c) {
+        c->job = NULL;
+        if (reply)
+            routes_job_reply(c, j->kind, j->email, reply);
+        else
+            routes_job_fail(c, status);
+    }
+    s_job_free(j);
+    if (c)
+        gw_conn_resume(c);
+    else if (b && reply)
+        batch_line_reply(b, line, reply);
+    else if (b)
+        batch_line_fail(b, line, status);
 }
 
 void broker_conn_gone(struct gw_conn *c)
@@ -499,14 +567,12 @@ void broker_cron(void)
             s_queue_remove(j);
         if (j->worker)
             j->worker->job = NULL; /* busy with j->id until its reply or busy_until */
-        if (c) {
-            c->job = NULL;
-            lk_log(LK_LOG_WARN, c->rid, "job %llu timed out", (unsigned long long)j->id);
-            routes_job_fail(c, 504);
-        }
-        s_job_free(j);
         if (c)
-            gw_conn_resume(c);
+            lk_log(LK_LOG_WARN, c->rid, "job %llu timed out", (unsigned long long)j->id);
+        else if (j->batch)
+            lk_warn("job %llu (line %u of a signup batch) timed out", (unsigned long long)j->id,
+                    j->line + 1);
+        s_job_finish(j, NULL, 504);
     }
 
     /* Dropping a worker or giving it work can answer clients, and answering can drop
@@ -761,15 +827,8 @@ static void s_worker_drop(struct gw_worker *w, const char *why)
     B.count[role]--;
     free(w);
     if (j) {
-        struct gw_conn *c = j->conn;
         s_job_unlink(j);
-        if (c) {
-            c->job = NULL;
-            routes_job_fail(c, 503);
-        }
-        s_job_free(j);
-        if (c)
-            gw_conn_resume(c);
+        s_job_finish(j, NULL, 503);
     }
     if (B.count[role] == 0)
         s_fail_queue(role);
@@ -779,15 +838,8 @@ static void s_fail_queue(int role)
 {
     struct gw_job *j;
     while ((j = s_queue_pop(role)) != NULL) {
-        struct gw_conn *c = j->conn;
         s_job_unlink(j);
-        if (c) {
-            c->job = NULL;
-            routes_job_fail(c, 503);
-        }
-        s_job_free(j);
-        if (c)
-            gw_conn_resume(c);
+        s_job_finish(j, NULL, 503);
     }
 }
 

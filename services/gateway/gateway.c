@@ -16,6 +16,7 @@
  *   - connection timers: 408 for slow heads and slow bodies, silent close of idle
  *     keep-alive connections, close of clients that stop reading, end of lingering closes
  *   - the broker: heartbeats, dead workers, route timeouts (broker_cron)
+ *   - signup batches: lines the full job queue refused are offered again (batch_cron)
  *   - reopening the session cache when it could not be opened
  *   - re-arming the listener after running out of file descriptors
  *   - the end of a drain after SIGTERM
@@ -95,6 +96,9 @@ static void s_conn_timers(struct gw_conn *c);
 static void s_cache_try_open(void);
 static void s_drain_begin(void);
 static const char *s_method_name(int method);
+static void s_reply_headers(struct gw_conn *c, int status, const struct gw_hdr *hdrs,
+                            size_t nhdrs);
+static void s_request_done(struct gw_conn *c, int status, size_t bytes);
 
 int main(int argc, char **argv)
 {
@@ -151,6 +155,7 @@ int gateway_main(int argc, char **argv)
     s_hw_norm = 0;
     s_hw_over = (size_t)gw.cfg.gateway.max_connections;
     routes_init();
+    batch_init();
     s_cache_try_open();
     lk_info("listening on %s, backend %s", gw.cfg.gateway.listen, gw.cfg.gateway.backend);
 
@@ -201,6 +206,7 @@ int gateway_main(int argc, char **argv)
     free(s_conns);
     gwm_fini();
     broker_fini();
+    batch_fini();
     routes_fini();
     idle_flush(gw.cache, 1);
     lk_cache_destroy(&gw.cache);
@@ -585,6 +591,8 @@ static void s_conn_close(struct gw_conn *c)
         return;
     if (c->job)
         broker_conn_gone(c);
+    if (c->batch)
+        batch_conn_gone(c); /* its lines' jobs forget it: no reply can reach this slot */
     close(c->fd); /* also leaves the epoll set */
     c->fd = -1;
     http_conn_free(&c->http);
@@ -631,6 +639,17 @@ void gw_reply_typed(struct gw_conn *c, int status, const char *ctype, const char
     struct http_conn *h = &c->http;
     size_t before = h->out_len;
 
+    s_reply_headers(c, status, hdrs, nhdrs);
+    http_out_body(h, status, ctype, body, len);
+    s_request_done(c, status, h->out_len - before);
+}
+
+/* The status line and the headers every answer has (the blank line not included). */
+static void s_reply_headers(struct gw_conn *c, int status, const struct gw_hdr *hdrs,
+                            size_t nhdrs)
+{
+    struct http_conn *h = &c->http;
+
     if (!c->rid[0])
         gw_rid_new(c->rid);
     /* keep_alive is only set for a complete request: every other answer closes */
@@ -639,8 +658,9 @@ void gw_reply_typed(struct gw_conn *c, int status, const char *ctype, const char
     http_out_status(h, status);
     http_out_header(h, "X-Request-Id", c->rid);
     /* no-store on every answer: every /api/auth/ answer must have it, and nothing else here is
-     * worth caching either */
-    http_out_header(h, "Cache-Control", "no-store");
+     * worth caching either; the web page's files (static.c) bring their own Cache-Control */
+    if (!nhdrs || strcmp(hdrs[0].name, "Cache-Control") != 0)
+        http_out_header(h, "Cache-Control", "no-store");
     for (size_t i = 0; i < nhdrs; i++)
         http_out_header(h, hdrs[i].name, hdrs[i].value);
     if (c->cors) {
@@ -652,18 +672,21 @@ void gw_reply_typed(struct gw_conn *c, int status, const char *ctype, const char
         http_out_header(h, "Connection", "close");
     else if (h->req.minor == 0)
         http_out_header(h, "Connection", "keep-alive");
-    http_out_body(h, status, ctype, body, len);
+}
 
+/* The access log line and the metrics of the answered request; the next one starts afresh. */
+static void s_request_done(struct gw_conn *c, int status, size_t bytes)
+{
     uint64_t us = c->t_req_us ? gw_mono_us() - c->t_req_us : 0;
     lk_log(LK_LOG_INFO, c->rid, "http method=%s route=%s status=%d us=%llu bytes=%zu",
            s_method_name(c->method), c->route_name ? c->route_name : "-", status,
-           (unsigned long long)us, h->out_len - before);
+           (unsigned long long)us, bytes);
     gwm_answered(c->method, c->route_name, status, us);
 
-    /* the next request starts afresh */
     if (c->state == C_BUSY)
         c->state = C_READ;
     c->job = NULL;
+    c->streaming = 0;
     c->rid[0] = '\0';
     c->method = -1;
     c->route = -1;
@@ -672,6 +695,57 @@ void gw_reply_typed(struct gw_conn *c, int status, const char *ctype, const char
     c->cors = NULL;
     c->preflight = 0;
     c->t_req_us = 0;
+}
+
+void gw_stream_begin(struct gw_conn *c, int status, const char *ctype)
+{
+    struct http_conn *h = &c->http;
+    size_t before = h->out_len;
+
+    /* HTTP/1.0 has no chunked coding: the body ends with the connection */
+    c->stream_chunked = h->req.minor >= 1;
+    if (!c->stream_chunked)
+        c->close_after = 1;
+    s_reply_headers(c, status, NULL, 0);
+    http_out_header(h, "Content-Type", ctype);
+    if (c->stream_chunked)
+        http_out_header(h, "Transfer-Encoding", "chunked");
+    http_out_raw(h, "\r\n", 2);
+    c->streaming = 1;
+    c->stream_bytes = h->out_len - before;
+}
+
+void gw_stream_write(struct gw_conn *c, const char *p, size_t n)
+{
+    struct http_conn *h = &c->http;
+    size_t before = h->out_len;
+    char size[24];
+
+    if (!c->streaming || n == 0)
+        return; /* an empty chunk would end the body */
+    if (c->stream_chunked) {
+        int k = snprintf(size, sizeof size, "%zx\r\n", n);
+        http_out_raw(h, size, (size_t)k);
+    }
+    http_out_raw(h, p, n);
+    if (c->stream_chunked)
+        http_out_raw(h, "\r\n", 2);
+    c->stream_bytes += h->out_len - before;
+}
+
+void gw_stream_end(struct gw_conn *c)
+{
+    struct http_conn *h = &c->http;
+    size_t before = h->out_len;
+
+    if (!c->streaming)
+        return;
+    if (c->stream_chunked)
+        http_out_raw(h, "0\r\n\r\n", 5);
+    /* SIGTERM meanwhile: the answer is whole, the connection takes no further request */
+    if (gw.draining)
+        c->close_after = 1;
+    s_request_done(c, 200, c->stream_bytes + (h->out_len - before));
 }
 
 void gw_reply_error(struct gw_conn *c, int status, const char *code, const char *msg,
@@ -699,6 +773,7 @@ static void s_cron(void)
         s_conn_timers(c);
     }
     broker_cron();
+    batch_cron();
     gwm_cron();
     idle_flush(gw.cache, 0);
     if (!gw.cache && gw.now >= s_cache_next)

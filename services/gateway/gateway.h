@@ -4,6 +4,8 @@
  *   http.c     HTTP/1.1 parsing and response formatting (no sockets; fuzzable)
  *   routes.c   the route table and its handlers, JSON in and out
  *   broker.c   the ZeroMQ ROUTER: worker registry, LRU idle lists, job queues, heartbeats
+ *   batch.c    the admin's POST /api/auth/signup/batch: NDJSON lines, streamed answer
+ *   static.c   the web page (GET /, /assets/<name>), read once at start, served from memory
  *
  * Single-threaded: every function here runs on the reactor's thread and must not block.
  */
@@ -13,6 +15,7 @@
 #include "http.h"
 
 #include "cache.h"
+#include "check.h"
 #include "codec.h"
 #include "config.h"
 
@@ -27,6 +30,7 @@ enum gw_role { GW_SIGNUP = 0, GW_SIGNIN, GW_NROLES };
 enum gw_kind { GW_JOB_SIGNUP = 0, GW_JOB_SIGNIN, GW_JOB_SIGNOUT, GW_JOB_SIGNOUT_ALL };
 
 struct gw_job;
+struct gw_batch; /* batch.c */
 
 /* Connection states. */
 enum gw_conn_state {
@@ -50,6 +54,7 @@ struct gw_conn {
     const char *pend_code;
     const char *pend_msg;
     const char *pend_allow;
+    const char *pend_auth; /* WWW-Authenticate of a pending 401 */
     const char *route_name;
     const char *cors;      /* the request's Origin when it is a configured CORS origin (the
                               configured string, static), else NULL: no CORS headers */
@@ -64,6 +69,11 @@ struct gw_conn {
     uint64_t t_req_us;     /* mono us: head received (access log duration) */
     size_t linger_bytes;
     struct gw_job *job;    /* the job answering the current request, or NULL */
+    struct gw_batch *batch; /* the signup batch answering the current request, or NULL
+                              (owned: freed by batch.c when done or when c closes) */
+    int streaming;         /* a gw_stream_begin response is being sent */
+    int stream_chunked;    /* ... with chunked framing (HTTP/1.1) */
+    size_t stream_bytes;   /* bytes of it queued so far (access log) */
     struct gw_conn *next, *prev; /* active list, or free list (next only) */
     struct http_conn http;
 };
@@ -86,9 +96,10 @@ struct gw_hdr {
 
 /* ---- gateway.c ---- */
 
-/* Queues the response to c's current request: status line, X-Request-Id, Cache-Control,
- * Connection, hdrs, then body (JSON when len > 0 or status >= 400, none for 204). Writes
- * the access log line and marks the request answered. */
+/* Queues the response to c's current request: status line, X-Request-Id, Cache-Control
+ * (no-store, unless hdrs[0] is a Cache-Control of its own), Connection, hdrs, then body
+ * (JSON when len > 0 or status >= 400, none for 204). Writes the access log line and marks
+ * the request answered. */
 void gw_reply(struct gw_conn *c, int status, const char *body, size_t len,
               const struct gw_hdr *hdrs, size_t nhdrs);
 
@@ -99,6 +110,16 @@ void gw_reply_typed(struct gw_conn *c, int status, const char *ctype, const char
 /* gw_reply with {"error": code, "message": msg}. */
 void gw_reply_error(struct gw_conn *c, int status, const char *code, const char *msg,
                     const struct gw_hdr *hdrs, size_t nhdrs);
+
+/* A streamed response (the signup batch): gw_stream_begin queues the status line and the
+ * headers gw_reply would send, with Content-Type ctype and Transfer-Encoding: chunked
+ * (HTTP/1.1; an HTTP/1.0 client gets a body delimited by the connection's close).
+ * gw_stream_write queues n bytes as one chunk; gw_stream_end queues the last chunk, writes
+ * the access log line (one per request) and marks the request answered, as gw_reply
+ * does. c stays C_BUSY in between; the caller calls gw_conn_resume to flush. */
+void gw_stream_begin(struct gw_conn *c, int status, const char *ctype);
+void gw_stream_write(struct gw_conn *c, const char *p, size_t n);
+void gw_stream_end(struct gw_conn *c);
 
 /* Resumes a connection whose job was answered outside its event (a worker's reply, a
  * timeout): flushes, then parses pipelined requests. c may be closed on return. */
@@ -176,6 +197,53 @@ void gw_buf_raw(struct gw_buf *b, const char *s, size_t n);
 void gw_buf_str(struct gw_buf *b, const char *s, size_t n);
 void gw_buf_free(struct gw_buf *b);
 
+/* ---- batch.c ---- */
+
+/* At start: hashes admin.api_key (warns when it is short). */
+void batch_init(void);
+void batch_fini(void);
+
+/* 1 when admin.api_key is set: otherwise the batch route answers 404 like an unknown
+ * path. */
+int batch_enabled(void);
+
+/* At the head of a batch request: 0 when Authorization is "Bearer <admin.api_key>"
+ * (compared in constant time: BLAKE2b-256 of both sides, then sodium_memcmp), else -1
+ * with c->pend_* set to 401 invalid_token. */
+int batch_auth(struct gw_conn *c);
+
+/* The route's handler: checks the lines, answers 400 (empty, over GW_BATCH_MAX lines)
+ * or 503 (no signup worker), else starts the streamed 200 and feeds the lines to the
+ * signup workers, at most a few at a time. c is C_BUSY until the last line is answered. */
+void batch_request(struct gw_conn *c);
+
+/* The broker's answer for line (0-based) of b: a MSG_SU_SIGNUP_REPLY, or a failure (503
+ * unavailable, 504 timeout). May finish the batch and resume its connection. */
+void batch_line_reply(struct gw_batch *b, uint32_t line, const struct lk_msg *reply);
+void batch_line_fail(struct gw_batch *b, uint32_t line, int status);
+
+/* c is closing with c->batch set: the batch and its jobs are forgotten. */
+void batch_conn_gone(struct gw_conn *c);
+
+/* Cron: retries lines the full job queue refused. */
+void batch_cron(void);
+
+/* Splits an NDJSON body into lines (pure: fuzzed by tests/fuzz/fuzz_json.c). A line
+ * ends at LF; a CR before it is dropped; the LF that ends the body does not begin
+ * another line (so "a\n" is one line, "a\n\n" two, the second blank; "" none).
+ * Stores the first max lines' spans in lines and returns the total number of lines. */
+struct gw_span {
+    size_t off, len;
+};
+size_t batch_split(const char *body, size_t len, struct gw_span *lines, size_t max);
+
+/* Checks one line as POST /api/auth/signup checks its body (pure apart from the
+ * configuration; fuzzed). Returns 0 with cr decoded (the caller frees cr->root with
+ * routes_json_free) and email normalized, or the line's status (400) with *code and
+ * *why set to static strings. */
+int batch_line_check(const char *line, size_t len, struct gw_credentials *cr,
+                     char email[LK_EMAIL_MAX + 1], const char **code, const char **why) LK_WUR;
+
 /* ---- broker.c ---- */
 
 /* Creates the ROUTER socket and binds cfg.gateway.backend. Returns its ZMQ_FD, or exits
@@ -201,6 +269,14 @@ int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const
 
 /* c is closing: its job, if any, forgets it (a reply is then discarded). */
 void broker_conn_gone(struct gw_conn *c);
+
+/* broker_submit for line of batch b (a signup): answered through batch_line_reply or
+ * batch_line_fail, never synchronously. Returns 0, -ENOTCONN when no signup worker is
+ * connected, -EAGAIN when the queue is full (retry later), -ENOMEM. */
+int broker_submit_line(struct gw_batch *b, uint32_t line, struct lk_msg *m);
+
+/* b is going away: its queued jobs are dropped, its sent ones forget it. */
+void broker_batch_gone(struct gw_batch *b);
 
 /* For /ready: connected workers per role, and whether Postgres answers (a worker's latest
  * heartbeat said db_ok, or it said READY within three heartbeat intervals). */

@@ -37,7 +37,7 @@ enum {
 };
 
 /* Header fields the gateway looks at; others are skipped. */
-enum { H_OTHER = 0, H_HOST, H_CTYPE, H_AUTH, H_EXPECT, H_RID, H_TE, H_ORIGIN, H_XFF };
+enum { H_OTHER = 0, H_HOST, H_CTYPE, H_AUTH, H_EXPECT, H_RID, H_TE, H_ORIGIN, H_XFF, H_INM, H_AE };
 
 #define IN_SLACK 4096        /* input room past max_header for body and pipelined bytes */
 #define BODY_WIRE_SLACK 16384 /* chunk framing allowed beyond the body limit */
@@ -578,6 +578,7 @@ static int s_on_header_field_complete(llhttp_t *p)
         {"host", H_HOST},           {"content-type", H_CTYPE}, {"authorization", H_AUTH},
         {"expect", H_EXPECT},       {"x-request-id", H_RID},   {"transfer-encoding", H_TE},
         {"origin", H_ORIGIN},       {"x-forwarded-for", H_XFF},
+        {"if-none-match", H_INM},   {"accept-encoding", H_AE},
     };
     g_hd.kind = H_OTHER;
     g_hd.val_len = 0;
@@ -667,19 +668,21 @@ static int s_on_header_value_complete(llhttp_t *p)
         break;
     case H_CTYPE: {
         s_trim(v, &n);
-        /* media type, then optional ";params": application/json in any case */
+        /* media type, then optional ";params": application/json (or application/x-ndjson)
+         * in any case */
         size_t t = strcspn(v, "; \t");
         int json = !g_hd.val_long && t == 16 && strncasecmp(v, "application/json", 16) == 0;
+        int nd = !g_hd.val_long && t == 20 && strncasecmp(v, "application/x-ndjson", 20) == 0;
         if (r->ctype != HTTP_CT_NONE)
-            json = 0; /* two Content-Type fields: not one JSON body */
-        if (json) {
+            json = nd = 0; /* two Content-Type fields: not one JSON body */
+        if (json || nd) {
             size_t k = t;
             while (v[k] == ' ' || v[k] == '\t')
                 k++;
             if (v[k] != '\0' && v[k] != ';')
-                json = 0;
+                json = nd = 0;
         }
-        r->ctype = json ? HTTP_CT_JSON : HTTP_CT_OTHER;
+        r->ctype = json ? HTTP_CT_JSON : nd ? HTTP_CT_NDJSON : HTTP_CT_OTHER;
         break;
     }
     case H_AUTH:
@@ -718,6 +721,24 @@ static int s_on_header_value_complete(llhttp_t *p)
         if (r->xff_len > 0 && r->xff[r->xff_len - 1] != ',')
             (void)s_xff_append(r, ",", 1);
         break;
+    case H_INM:
+    case H_AE: {
+        /* a list field: a repeated one continues the list */
+        struct http_list *l = g_hd.kind == H_INM ? &r->inm : &r->ae;
+        s_trim(v, &n);
+        l->present = 1;
+        if (g_hd.val_long || l->len + 2 + n > HTTP_LIST_MAX) {
+            l->toolong = 1;
+        } else if (n) {
+            if (l->len) {
+                memcpy(l->v + l->len, ", ", 2);
+                l->len += 2;
+            }
+            memcpy(l->v + l->len, v, n + 1);
+            l->len += n;
+        }
+        break;
+    }
     case H_ORIGIN:
         /* Kept only when it is the one Origin field: two cannot both be the caller's. */
         s_trim(v, &n);
@@ -870,7 +891,7 @@ void http_out_body(struct http_conn *h, int status, const char *ctype, const cha
                    size_t len)
 {
     char cl[32];
-    if (status != 204 && status >= 200) {
+    if (status != 204 && status != 304 && status >= 200) {
         if (ctype)
             http_out_header(h, "Content-Type", ctype);
         snprintf(cl, sizeof cl, "%zu", len);
@@ -878,7 +899,7 @@ void http_out_body(struct http_conn *h, int status, const char *ctype, const cha
     }
     http_out_raw(h, "\r\n", 2);
     /* A HEAD response announces the length of what GET would send, without the bytes. */
-    if (len && status != 204 && h->req.method != HTTP_HEAD)
+    if (len && status != 204 && status != 304 && h->req.method != HTTP_HEAD)
         http_out_raw(h, body, len);
 }
 
@@ -896,6 +917,7 @@ const char *http_reason(int status)
     case 200: return "OK";
     case 201: return "Created";
     case 204: return "No Content";
+    case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";

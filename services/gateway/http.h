@@ -38,6 +38,7 @@
 #define HTTP_RID_MAX 64    /* X-Request-Id: 1-64 chars of [A-Za-z0-9._-] */
 #define HTTP_XFF_MAX 512    /* the rightmost bytes of X-Forwarded-For kept */
 #define HTTP_ORIGIN_MAX 320 /* longer Origin values match no configured origin */
+#define HTTP_LIST_MAX 256   /* If-None-Match, Accept-Encoding: longer ones are flagged long */
 #define HTTP_OUT_MAX (4u << 20) /* output bound (a full validate/batch answer fits): past
                                    it the caller closes the client */
 
@@ -53,7 +54,9 @@ enum http_ev {
     HTTP_EV_ERROR,    /* framing or limit error: answer err_status/err_code, close */
 };
 
-enum http_ctype { HTTP_CT_NONE = 0, HTTP_CT_JSON, HTTP_CT_OTHER };
+/* Content-Type: application/json, application/x-ndjson (the signup batch), anything else.
+ * Parameters (e.g. "; charset=utf-8") are allowed; two Content-Type fields are OTHER. */
+enum http_ctype { HTTP_CT_NONE = 0, HTTP_CT_JSON, HTTP_CT_OTHER, HTTP_CT_NDJSON };
 
 struct http_request {
     int method;                    /* enum llhttp_method */
@@ -77,6 +80,13 @@ struct http_request {
      * the rightmost bytes are kept (the proxies' end; ratelimit.trusted_proxies) */
     char xff[HTTP_XFF_MAX + 1];
     size_t xff_len;
+    /* If-None-Match and Accept-Encoding (the web page, static.c): every field of the name
+     * joined with ", ", OWS trimmed; past HTTP_LIST_MAX bytes only toolong is set */
+    struct http_list {
+        char v[HTTP_LIST_MAX + 1];
+        size_t len;
+        int present, toolong;
+    } inm, ae;
     int has_body;                  /* Content-Length > 0 or chunked */
     int chunked;
     uint64_t content_length;       /* when !chunked */
@@ -160,8 +170,8 @@ int http_in_body(const struct http_conn *h, uint64_t *got);
 int http_head_rid(const struct http_conn *h, char out[HTTP_RID_MAX + 1]);
 
 /* Response building. A response is http_out_status, any http_out_header, then
- * http_out_body (which adds Content-Length unless status is 204 or 1xx, and the blank
- * line). Failures set out_fail; the caller checks it once and closes the client. */
+ * http_out_body (which adds Content-Length unless status is 204, 304 or 1xx, and the
+ * blank line; no body for 204 and 304). Failures set out_fail; the caller checks it once and closes the client. */
 void http_out_status(struct http_conn *h, int status);
 void http_out_header(struct http_conn *h, const char *name, const char *value);
 void http_out_body(struct http_conn *h, int status, const char *ctype, const char *body,

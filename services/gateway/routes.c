@@ -18,6 +18,7 @@
 #include "gateway.h"
 #include "idle.h"
 #include "gwmetrics.h"
+#include "static.h"
 
 #include "check.h"
 #include "crypto.h"
@@ -34,7 +35,9 @@
 #include <string.h>
 #include <strings.h>
 
-enum { BODY_NONE = 0, BODY_JSON, BODY_BATCH };
+/* BODY_NDJSON: the admin's signup batch (batch.c): application/x-ndjson, the batch body
+ * limit, and the admin key checked at the head, before any body byte is read. */
+enum { BODY_NONE = 0, BODY_JSON, BODY_BATCH, BODY_NDJSON };
 
 #define M(m) (UINT64_C(1) << (m))
 #define CORS_MAX 32    /* configured origins */
@@ -84,8 +87,12 @@ static const struct route routes[] = {
     {"/api/auth/signin", M(HTTP_POST), "POST", BODY_JSON, s_signin},
     {"/api/auth/validate", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, s_validate},
     {"/api/auth/validate/batch", M(HTTP_POST), "POST", BODY_BATCH, s_validate_batch},
+    {"/api/auth/signup/batch", M(HTTP_POST), "POST", BODY_NDJSON, batch_request},
     {"/api/auth/signout", M(HTTP_POST), "POST", BODY_NONE, s_signout},
     {"/api/auth/signout-all", M(HTTP_POST), "POST", BODY_NONE, s_signout_all},
+    /* the web page (static.c): "/" and every file under /assets/, matched by static_match */
+    {"/", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, static_serve},
+    {"/assets", M(HTTP_GET) | M(HTTP_HEAD), "GET, HEAD", BODY_NONE, static_serve},
 };
 #define NROUTES (sizeof routes / sizeof routes[0])
 
@@ -104,6 +111,7 @@ void routes_init(void)
 {
     json_set_alloc_funcs(malloc, s_json_free);
     s_cors_parse();
+    static_init();
     lk_rl_init(&s_rl);
     /* config.c refused a bad list already */
     if (lk_ip_list_parse(gw.cfg.ratelimit.trusted_proxies, &s_trusted) != 0)
@@ -204,6 +212,7 @@ const char *routes_cors_origin(const char *origin)
 void routes_fini(void)
 {
     gw_buf_free(&s_big);
+    static_fini();
 }
 
 /* jansson's copies of a parsed body (strings, parser buffers) may hold a password: wipe
@@ -231,12 +240,18 @@ void routes_head(struct gw_conn *c)
     c->preflight = 0;
     c->cors = r->has_origin ? routes_cors_origin(r->origin) : NULL;
     for (size_t i = 0; !r->path_long && i < NROUTES; i++)
-        if (strcmp(r->path, routes[i].path) == 0) {
+        if (routes[i].handler == static_serve ? static_match(routes[i].path, r->path)
+                                              : strcmp(r->path, routes[i].path) == 0) {
             rt = &routes[i];
             c->route = (int)i;
             c->route_name = rt->path;
             break;
         }
+    if (rt && rt->body == BODY_NDJSON && !batch_enabled()) {
+        rt = NULL; /* no admin key configured: exactly an unknown path */
+        c->route = -1;
+        c->route_name = NULL;
+    }
     if (!rt) {
         c->pend_status = 404;
         c->pend_code = "not_found";
@@ -249,12 +264,21 @@ void routes_head(struct gw_conn *c)
         c->pend_code = "method_not_allowed";
         c->pend_msg = "method not allowed";
         c->pend_allow = rt->allow;
+    } else if (rt->body == BODY_NDJSON) {
+        if (batch_auth(c) == 0 && r->ctype != HTTP_CT_NDJSON) { /* else pend is 401 */
+            c->pend_status = 415;
+            c->pend_code = "unsupported_media_type";
+            c->pend_msg = "Content-Type must be application/x-ndjson";
+        }
     } else if (rt->body != BODY_NONE && r->ctype != HTTP_CT_JSON) {
         c->pend_status = 415;
         c->pend_code = "unsupported_media_type";
         c->pend_msg = "Content-Type must be application/json";
     }
-    if (rt && rt->body == BODY_BATCH && !c->preflight)
+    /* A refused signup batch reads no more than a JSON body: a client without the admin
+     * key cannot make us buffer megabytes. */
+    if (rt && !c->preflight &&
+        (rt->body == BODY_BATCH || (rt->body == BODY_NDJSON && !c->pend_status)))
         max = gw.cfg.gateway.max_batch_body;
     if (c->pend_status && r->has_body &&
         (r->expect_continue || r->chunked || r->content_length > max)) {
@@ -296,8 +320,10 @@ static void s_reply_pending(struct gw_conn *c)
         c->pend_code = "not_found";
         c->pend_msg = "no such resource";
     }
+    if (c->pend_status == 401) /* the admin key of the signup batch (batch_auth) */
+        allow = (struct gw_hdr){"WWW-Authenticate", c->pend_auth};
     gw_reply_error(c, c->pend_status, c->pend_code, c->pend_msg, &allow,
-                   c->pend_status == 405 ? 1 : 0);
+                   c->pend_status == 405 || c->pend_status == 401 ? 1 : 0);
 }
 
 static void s_reply_unavailable(struct gw_conn *c, const char *msg)

@@ -1,7 +1,9 @@
 /* fuzz_json.c: libFuzzer target for the gateway's JSON request decoding
  * (services/gateway/routes.c): the signup and signin bodies, the validate/batch body, the
- * Authorization header of validate, and the JSON string writer (gw_buf_str). Built and run
- * by tests/fuzz/run.
+ * Authorization header of validate, and the JSON string writer (gw_buf_str); and the
+ * admin's NDJSON signup batch (services/gateway/batch.c): line splitting, per-line checks,
+ * and the whole streamed answer with workers answering in any order. Built and run by
+ * tests/fuzz/run.
  *
  * routes.c is included, so its handlers run for real on a fake connection; what they call
  * in gateway.c and broker.c is stubbed below and checks what it is given. The session
@@ -9,15 +11,23 @@
  * token of 43 'A's.
  *
  * Input: 1 byte of selector, then the body (or header value).
- *   selector % 5: 0 signup, 1 signin, 2 validate/batch, 3 validate (the rest is the
- *   Authorization value), 4 gw_buf_str of the raw bytes only
+ *   selector >= 0xf0: POST /api/auth/signup/batch with the body as NDJSON; the low bits
+ *   choose the order the fake workers answer in, whether the queue refuses each line
+ *   once, and whether the client leaves before the end
+ *   otherwise selector % 5: 0 signup, 1 signin, 2 validate/batch, 3 validate (the rest is
+ *   the Authorization value), 4 gw_buf_str of the raw bytes only
  * Oracles, besides the sanitizers: every handler answers exactly once, with a status its
  * route may answer and, for errors, a JSON error body; a job handed to the broker holds a
  * normalized email and a password within the rules; a validate/batch answer has exactly
  * one result per token; gw_buf_str's output of any bytes is a JSON string, equal to the
- * input when the input is valid UTF-8.
+ * input when the input is valid UTF-8; a signup batch's spans cover the body without
+ * LFs, its answer is one JSON line per input line in input order with the status the
+ * line deserves (400 for a line batch_line_check refuses, 409 for a repeated email, the
+ * worker's answer otherwise), every line sent to a worker is a valid signup with batch=1,
+ * the batch always ends (or, abandoned, frees everything: ASan's leak check).
  */
 #include "services/gateway/routes.c"
+#include "services/gateway/batch.c"
 
 #include <stdio.h>
 #include <unistd.h>
@@ -104,6 +114,112 @@ int broker_submit(struct gw_conn *c, int role, int kind, struct lk_msg *m, const
     return -EAGAIN; /* no worker: the handler answers 503 */
 }
 
+/* idle.c with session.idle_timeout off (the default, and this target's configuration) is
+ * exactly the cache lookup. */
+int idle_session_get(lk_cache_t *cache, const uint8_t hash[32], int64_t now_ms,
+                     struct lk_session *out)
+{
+    CHECK(gw.cfg.session.idle_timeout_ms <= 0);
+    return lk_cache_session_get(cache, hash, now_ms, out);
+}
+
+/* static.c (the web page) is not JSON decoding. Its route table entries take these
+ * functions' addresses, which an unresolved symbol cannot give (the loader refuses the
+ * binary): weak stubs, never called for the /api/ paths driven here. */
+__attribute__((weak)) int static_match(const char *route, const char *path)
+{
+    (void)route;
+    (void)path;
+    return 0;
+}
+
+__attribute__((weak)) void static_serve(struct gw_conn *c)
+{
+    gw_reply_error(c, 404, "not_found", "no such resource", NULL, 0);
+}
+
+__attribute__((weak)) void static_init(void)
+{
+}
+
+__attribute__((weak)) void static_fini(void)
+{
+}
+
+/* ---- stubs for batch.c ---- */
+
+#define FUZZ_KEY "fuzz-admin-key-0123456789"
+
+static struct {
+    int begun, ended;
+    struct gw_buf out;                 /* the streamed body */
+    uint32_t pending[GW_BATCH_MAX];    /* lines at the fake broker, not yet answered */
+    size_t npending;
+    size_t sent[GW_BATCH_MAX + 1];     /* times each line was handed over */
+    int refuse_once;                   /* -EAGAIN for each line's first offer */
+    struct gw_batch *batch;
+} s_bt;
+
+void gw_stream_begin(struct gw_conn *c, int status, const char *ctype)
+{
+    (void)c;
+    CHECK(!s_bt.begun && status == 200 && strcmp(ctype, "application/x-ndjson") == 0);
+    s_bt.begun = 1;
+    s_replies++;
+    s_status = status;
+}
+
+void gw_stream_write(struct gw_conn *c, const char *p, size_t n)
+{
+    (void)c;
+    CHECK(s_bt.begun && !s_bt.ended && n > 0 && memchr(p, '\n', n) == p + n - 1);
+    gw_buf_raw(&s_bt.out, p, n);
+}
+
+void gw_stream_end(struct gw_conn *c)
+{
+    CHECK(s_bt.begun && !s_bt.ended && c->batch == NULL);
+    s_bt.ended = 1;
+    c->state = C_READ;
+}
+
+void gw_conn_resume(struct gw_conn *c)
+{
+    (void)c;
+}
+
+void broker_stats(int role, int *connected, int *busy, size_t *queued)
+{
+    CHECK(role == GW_SIGNUP);
+    *connected = 3;
+    *busy = 0;
+    *queued = 0;
+}
+
+int broker_submit_line(struct gw_batch *b, uint32_t line, struct lk_msg *m)
+{
+    const struct lk_msg_gw_signup_request *q = &m->u.gw_signup_request;
+    char norm[LK_EMAIL_MAX + 1];
+    if (!s_bt.batch)
+        s_bt.batch = b; /* the first lines go out from within batch_request */
+    CHECK(b == s_bt.batch && line < b->n && m->type == MSG_GW_SIGNUP_REQUEST && q->batch == 1);
+    CHECK(lk_email_normalize(q->email, strlen(q->email), norm) == 0 && strcmp(norm, q->email) == 0);
+    CHECK(lk_password_check(q->password, strlen(q->password), (size_t)gw.cfg.password.min_length,
+                            1024, NULL) == 0);
+    if (s_bt.refuse_once && s_bt.sent[line]++ == 0)
+        return -EAGAIN;
+    s_bt.sent[line]++;
+    CHECK(s_bt.npending < GW_BATCH_MAX);
+    s_bt.pending[s_bt.npending++] = line;
+    return 0;
+}
+
+void broker_batch_gone(struct gw_batch *b)
+{
+    CHECK(b == s_bt.batch);
+    s_bt.npending = 0; /* the fake broker forgets them: no answer reaches b again */
+}
+
 void broker_status(int counts[GW_NROLES], int *db_ok)
 {
     counts[GW_SIGNUP] = counts[GW_SIGNIN] = 1;
@@ -144,12 +260,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     lk_log_init("fuzz", LK_LOG_ERROR);
     /* The per-client rate limit is off: every input comes from the same fake client, and
      * the bucket is a limit on request rate, not on what the JSON decoding may answer. */
-    if (lk_config_load_string(&gw.cfg, "[ratelimit]\nclient_rate = 0\n", "fuzz", 0, err,
-                              sizeof err) != 0) {
+    if (lk_config_load_string(&gw.cfg,
+                              "[ratelimit]\nclient_rate = 0\n[admin]\napi_key = " FUZZ_KEY "\n",
+                              "fuzz", 0, err, sizeof err) != 0) {
         fprintf(stderr, "fuzz_json: %s\n", err);
         exit(1);
     }
     routes_init();
+    batch_init();
     strcpy(s_dir, "/tmp/latchkey-fuzz.XXXXXX");
     if (!mkdtemp(s_dir) || lk_cache_open(s_dir, 1u << 20, 0, &gw.cache) != 0) {
         fprintf(stderr, "fuzz_json: cannot make a session cache in /tmp\n");
@@ -289,10 +407,155 @@ static void s_handler(int which, int sel, const char *body, size_t n)
     }
 }
 
+/* The status a line of the batch deserves, computed apart from batch.c: 0 when it goes
+ * to a worker. seen/nseen: the normalized emails of earlier lines that went (or would). */
+static int s_line_expect(const char *line, size_t len, char (*seen)[LK_EMAIL_MAX + 1],
+                         size_t *nseen)
+{
+    struct gw_credentials cr;
+    char email[LK_EMAIL_MAX + 1];
+    const char *code = NULL, *why = NULL;
+    int st = batch_line_check(line, len, &cr, email, &code, &why);
+    if (st != 0) {
+        CHECK(st == 400 && code && why && cr.root == NULL);
+        return 400;
+    }
+    CHECK(cr.root && strlen(email) >= 3);
+    routes_json_free(&cr.root);
+    for (size_t i = 0; i < *nseen; i++)
+        if (strcmp(seen[i], email) == 0)
+            return 409;
+    memcpy(seen[(*nseen)++], email, sizeof email);
+    return 0;
+}
+
+static void s_batch(int sel, const char *body, size_t n)
+{
+    static struct gw_span spans[GW_BATCH_MAX];
+    static char seen[GW_BATCH_MAX][LK_EMAIL_MAX + 1];
+    static int expect[GW_BATCH_MAX];
+    static struct gw_conn c; /* large: not on the stack */
+    size_t nseen = 0;
+
+    /* the splitter alone */
+    size_t nl = batch_split(body, n, spans, GW_BATCH_MAX);
+    size_t nlf = 0;
+    for (size_t i = 0; i < n; i++)
+        nlf += body[i] == '\n';
+    CHECK(nl == nlf + (n > 0 && body[n - 1] != '\n'));
+    for (size_t i = 0; i < nl && i < GW_BATCH_MAX; i++) {
+        CHECK(spans[i].off + spans[i].len <= n && !memchr(body + spans[i].off, '\n', spans[i].len));
+        CHECK(i == 0 || spans[i].off > spans[i - 1].off + spans[i - 1].len);
+        if (nl <= GW_BATCH_MAX)
+            expect[i] = s_line_expect(body + spans[i].off, spans[i].len, seen, &nseen);
+    }
+
+    /* the whole request on a fake connection */
+    memset(&c, 0, sizeof c);
+    memset(&s_bt, 0, sizeof s_bt);
+    s_bt.refuse_once = sel & 1;
+    c.route = -1;
+    struct http_request *r = &c.http.req;
+    r->method = HTTP_POST;
+    r->minor = 1;
+    r->has_host = 1;
+    strcpy(r->path, "/api/auth/signup/batch");
+    r->path_len = strlen(r->path);
+    r->has_auth = 1;
+    strcpy(r->auth, "Bearer " FUZZ_KEY);
+    r->auth_len = strlen(r->auth);
+    r->ctype = HTTP_CT_NDJSON;
+    r->has_body = n > 0;
+    r->content_length = n;
+    r->body = n ? body : "";
+    r->body_len = n;
+    s_replies = 0;
+    s_status = -1;
+    routes_head(&c);
+    CHECK(s_replies == 0 && c.pend_status == 0 && c.route >= 0);
+    routes_request(&c);
+    CHECK(s_replies == 1);
+    if (nl == 0 || nl > GW_BATCH_MAX) {
+        CHECK(s_status == 400 && !s_bt.begun && c.batch == NULL);
+        return;
+    }
+    CHECK(s_status == 200 && s_bt.begun);
+    CHECK(!s_bt.batch || s_bt.batch == c.batch || !c.batch);
+    s_bt.batch = c.batch;
+
+    /* the fake workers answer, in an order chosen by sel; a client that leaves stops it */
+    size_t answers = 0, leave_after = (sel & 2) ? nl / 2 : (size_t)-1;
+    for (size_t guard = 0; c.batch && guard < 4 * GW_BATCH_MAX + 8; guard++) {
+        if (answers >= leave_after) {
+            batch_conn_gone(&c); /* frees the batch */
+            CHECK(c.batch == NULL && !s_bt.ended);
+            gw_buf_free(&s_bt.out);
+            return;
+        }
+        if (s_bt.npending == 0) {
+            gw.now += gw.cfg.gateway.route_timeout_ms / 2 + 1; /* queue-full retries */
+            batch_cron();
+            continue;
+        }
+        size_t k = (sel & 4) ? s_bt.npending - 1 : 0;
+        uint32_t line = s_bt.pending[k];
+        memmove(s_bt.pending + k, s_bt.pending + k + 1, (s_bt.npending - k - 1) * sizeof line);
+        s_bt.npending--;
+        answers++;
+        struct lk_msg m;
+        memset(&m, 0, sizeof m);
+        m.type = MSG_SU_SIGNUP_REPLY;
+        if (line % 3 == 2 && (sel & 8)) {
+            batch_line_fail(s_bt.batch, line, line % 2 ? 504 : 503);
+            expect[line] = line % 2 ? 504 : 503;
+        } else if (line % 5 == 4) {
+            m.u.su_signup_reply.status = 409;
+            strcpy(m.u.su_signup_reply.error, "email_taken");
+            strcpy(m.u.su_signup_reply.message, "email is \"already\" registered");
+            batch_line_reply(s_bt.batch, line, &m);
+            expect[line] = 409;
+        } else {
+            m.u.su_signup_reply.status = 201;
+            snprintf(m.u.su_signup_reply.user_id, sizeof m.u.su_signup_reply.user_id,
+                     "00000000-0000-0000-0000-%012u", line);
+            batch_line_reply(s_bt.batch, line, &m);
+            expect[line] = 201;
+        }
+    }
+    CHECK(s_bt.ended && c.batch == NULL && s_bt.npending == 0);
+
+    /* the answer: one line per input line, in order, with the status each deserves */
+    const char *p = s_bt.out.p, *end = p + s_bt.out.len;
+    for (size_t i = 0; i < nl; i++) {
+        const char *e = memchr(p, '\n', (size_t)(end - p));
+        CHECK(e);
+        json_error_t je;
+        json_t *j = json_loadb(p, (size_t)(e - p), 0, &je);
+        CHECK(j && json_is_object(j));
+        CHECK(json_integer_value(json_object_get(j, "line")) == (json_int_t)(i + 1));
+        int st = (int)json_integer_value(json_object_get(j, "status"));
+        CHECK(st == expect[i]);
+        CHECK(st != 400 || s_bt.sent[i] == 0);
+        if (st == 201)
+            CHECK(json_is_string(json_object_get(j, "userId")));
+        else
+            CHECK(json_is_string(json_object_get(j, "error")) &&
+                  json_is_string(json_object_get(j, "message")));
+        json_decref(j);
+        p = e + 1;
+    }
+    CHECK(p == end);
+    gw_buf_free(&s_bt.out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
+    if (data[0] >= 0xf0) {
+        s_batch(data[0], (const char *)data + 1, size - 1);
+        return 0;
+    }
     int which = data[0] % 5;
     const char *body = (const char *)data + 1;
     size_t n = size - 1;

@@ -267,115 +267,116 @@ static void test_golden(void **state)
     size_t n = 0;
     memset(g, 0, sizeof g);
 
-    /* [3, 1, "signin", 1, 4242]: 4242 = 0x1092 is a uint16 */
+    /* [4, 1, "signin", 1, 4242]: 4242 = 0x1092 is a uint16 */
     g[n].m.type = MSG_WK_READY;
     strcpy(g[n].m.u.wk_ready.role, "signin");
     g[n].m.u.wk_ready.version = 1;
     g[n].m.u.wk_ready.pid = 4242;
-    g[n++].hex = "95 03 01 a6 73 69 67 6e 69 6e 01 cd 10 92";
+    g[n++].hex = "95 04 01 a6 73 69 67 6e 69 6e 01 cd 10 92";
 
-    /* [3, 2, 70000, 1, 1]: 70000 = 0x11170 is a uint32 */
+    /* [4, 2, 70000, 1, 1]: 70000 = 0x11170 is a uint32 */
     g[n].m.type = MSG_WK_HEARTBEAT;
     g[n].m.u.wk_heartbeat.pid = 70000;
     g[n].m.u.wk_heartbeat.db_ok = 1;
     g[n].m.u.wk_heartbeat.busy = 1;
-    g[n++].hex = "95 03 02 ce 00 01 11 70 01 01";
+    g[n++].hex = "95 04 02 ce 00 01 11 70 01 01";
 
-    /* [3, 3, 1700000000000]: 0x18BCFE56800, a positive int64 goes out as uint64 */
+    /* [4, 3, 1700000000000]: 0x18BCFE56800, a positive int64 goes out as uint64 */
     g[n].m.type = MSG_GW_HEARTBEAT;
     g[n].m.u.gw_heartbeat.now_ms = 1700000000000LL;
-    g[n++].hex = "93 03 03 cf 00 00 01 8b cf e5 68 00";
+    g[n++].hex = "93 04 03 cf 00 00 01 8b cf e5 68 00";
 
-    /* [3, 10, 1, "r", -1, "a@b.c", "pw"]: -1 is a negative fixint */
+    /* [4, 10, 1, "r", -1, "a@b.c", "pw", 1]: -1 is a negative fixint */
     g[n].m.type = MSG_GW_SIGNUP_REQUEST;
     g[n].m.u.gw_signup_request.job = 1;
     strcpy(g[n].m.u.gw_signup_request.rid, "r");
     g[n].m.u.gw_signup_request.deadline_ms = -1;
     strcpy(g[n].m.u.gw_signup_request.email, "a@b.c");
     strcpy(g[n].m.u.gw_signup_request.password, "pw");
-    g[n++].hex = "97 03 0a 01 a1 72 ff a5 61 40 62 2e 63 a2 70 77";
+    g[n].m.u.gw_signup_request.batch = 1;
+    g[n++].hex = "98 04 0a 01 a1 72 ff a5 61 40 62 2e 63 a2 70 77 01";
 
-    /* [3, 11, 300, 201, "", "", 0, "u", -200]: 300 uint16, 201 uint8, -200 int16 (0xff38) */
+    /* [4, 11, 300, 201, "", "", 0, "u", -200]: 300 uint16, 201 uint8, -200 int16 (0xff38) */
     g[n].m.type = MSG_SU_SIGNUP_REPLY;
     g[n].m.u.su_signup_reply.job = 300;
     g[n].m.u.su_signup_reply.status = 201;
     strcpy(g[n].m.u.su_signup_reply.user_id, "u");
     g[n].m.u.su_signup_reply.created_ms = -200;
-    g[n++].hex = "99 03 0b cd 01 2c cc c9 a0 a0 00 a1 75 d1 ff 38";
+    g[n++].hex = "99 04 0b cd 01 2c cc c9 a0 a0 00 a1 75 d1 ff 38";
 
-    /* [3, 20, 2^32, "", 128, "x", ""]: 2^32 needs uint64; 128 is a uint8 */
+    /* [4, 20, 2^32, "", 128, "x", ""]: 2^32 needs uint64; 128 is a uint8 */
     g[n].m.type = MSG_GW_SIGNIN_REQUEST;
     g[n].m.u.gw_signin_request.job = 1ULL << 32;
     g[n].m.u.gw_signin_request.deadline_ms = 128;
     strcpy(g[n].m.u.gw_signin_request.email, "x");
-    g[n++].hex = "97 03 14 cf 00 00 00 01 00 00 00 00 a0 cc 80 a1 78 a0";
+    g[n++].hex = "97 04 14 cf 00 00 00 01 00 00 00 00 a0 cc 80 a1 78 a0";
 
-    /* [3, 21, 2, 200, "", "", 60, "t", "", 65536] */
+    /* [4, 21, 2, 200, "", "", 60, "t", "", 65536] */
     g[n].m.type = MSG_SI_SIGNIN_REPLY;
     g[n].m.u.si_signin_reply.job = 2;
     g[n].m.u.si_signin_reply.status = 200;
     g[n].m.u.si_signin_reply.retry_after = 60;
     strcpy(g[n].m.u.si_signin_reply.token, "t");
     g[n].m.u.si_signin_reply.expires_ms = 65536;
-    g[n++].hex = "9a 03 15 02 cc c8 a0 a0 3c a1 74 a0 ce 00 01 00 00";
+    g[n++].hex = "9a 04 15 02 cc c8 a0 a0 3c a1 74 a0 ce 00 01 00 00";
 
-    /* [3, 22, 3, "q", 0, bin 00..1f]: a 32-byte bin is bin8 (c4 20) */
+    /* [4, 22, 3, "q", 0, bin 00..1f]: a 32-byte bin is bin8 (c4 20) */
     g[n].m.type = MSG_GW_SIGNOUT_REQUEST;
     g[n].m.u.gw_signout_request.job = 3;
     strcpy(g[n].m.u.gw_signout_request.rid, "q");
     for (int i = 0; i < 32; i++)
         g[n].m.u.gw_signout_request.token_hash[i] = (uint8_t)i;
-    g[n++].hex = "96 03 16 03 a1 71 00 c4 20 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+    g[n++].hex = "96 04 16 03 a1 71 00 c4 20 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
                  " 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f";
 
-    /* [3, 23, 4, 204, "e", 32 chars]: 32 bytes no longer fit a fixstr: str8 (d9 20) */
+    /* [4, 23, 4, 204, "e", 32 chars]: 32 bytes no longer fit a fixstr: str8 (d9 20) */
     g[n].m.type = MSG_SI_SIGNOUT_REPLY;
     g[n].m.u.si_signout_reply.job = 4;
     g[n].m.u.si_signout_reply.status = 204;
     strcpy(g[n].m.u.si_signout_reply.error, "e");
     strcpy(g[n].m.u.si_signout_reply.message, "0123456789abcdef0123456789abcdef");
-    g[n++].hex = "96 03 17 04 cc cc a1 65 d9 20 30 31 32 33 34 35 36 37 38 39 61 62 63 64 65 66"
+    g[n++].hex = "96 04 17 04 cc cc a1 65 d9 20 30 31 32 33 34 35 36 37 38 39 61 62 63 64 65 66"
                  " 30 31 32 33 34 35 36 37 38 39 61 62 63 64 65 66";
 
-    /* [3, 24, 5, "s", 7, bin 00..1f] */
+    /* [4, 24, 5, "s", 7, bin 00..1f] */
     g[n].m.type = MSG_GW_SIGNOUT_ALL_REQUEST;
     g[n].m.u.gw_signout_all_request.job = 5;
     strcpy(g[n].m.u.gw_signout_all_request.rid, "s");
     g[n].m.u.gw_signout_all_request.deadline_ms = 7;
     for (int i = 0; i < 32; i++)
         g[n].m.u.gw_signout_all_request.token_hash[i] = (uint8_t)i;
-    g[n++].hex = "96 03 18 05 a1 73 07 c4 20 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
+    g[n++].hex = "96 04 18 05 a1 73 07 c4 20 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f"
                  " 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f";
 
-    /* [3, 25, 6, 401, "e", "m"]: 401 = 0x191 is a uint16 */
+    /* [4, 25, 6, 401, "e", "m"]: 401 = 0x191 is a uint16 */
     g[n].m.type = MSG_SI_SIGNOUT_ALL_REPLY;
     g[n].m.u.si_signout_all_reply.job = 6;
     g[n].m.u.si_signout_all_reply.status = 401;
     strcpy(g[n].m.u.si_signout_all_reply.error, "e");
     strcpy(g[n].m.u.si_signout_all_reply.message, "m");
-    g[n++].hex = "96 03 19 06 cd 01 91 a1 65 a1 6d";
+    g[n++].hex = "96 04 19 06 cd 01 91 a1 65 a1 6d";
 
-    /* [3, 40, "status", "", 0] */
+    /* [4, 40, "status", "", 0] */
     g[n].m.type = MSG_CT_COMMAND_REQUEST;
     strcpy(g[n].m.u.ct_command_request.command, "status");
-    g[n++].hex = "95 03 28 a6 73 74 61 74 75 73 a0 00";
+    g[n++].hex = "95 04 28 a6 73 74 61 74 75 73 a0 00";
 
-    /* [3, 41, 500, 300 x "z"]: 300 bytes need a str16 (da 01 2c) */
+    /* [4, 41, 500, 300 x "z"]: 300 bytes need a str16 (da 01 2c) */
     g[n].m.type = MSG_SV_COMMAND_REPLY;
     g[n].m.u.sv_command_reply.status = 500;
     memset(g[n].m.u.sv_command_reply.text, 'z', 300);
     g[n].nrep = 300;
     g[n].rep = 'z';
-    g[n++].hex = "94 03 29 cd 01 f4 da 01 2c";
+    g[n++].hex = "94 04 29 cd 01 f4 da 01 2c";
 
-    /* [3, 42, 7, 2^40, 1]: 2^40 needs a uint64 */
+    /* [4, 42, 7, 2^40, 1]: 2^40 needs a uint64 */
     g[n].m.type = MSG_RO_STATUS;
     g[n].m.u.ro_status.pid = 7;
     g[n].m.u.ro_status.jobs_done = 1ULL << 40;
     g[n].m.u.ro_status.busy = 1;
-    g[n++].hex = "95 03 2a 07 cf 00 00 01 00 00 00 00 00 01";
+    g[n++].hex = "95 04 2a 07 cf 00 00 01 00 00 00 00 00 01";
 
-    /* [3, 50, "gateway", 4242, 2^40, 300, 1, 300 x "x"]: the samples need a str16 */
+    /* [4, 50, "gateway", 4242, 2^40, 300, 1, 300 x "x"]: the samples need a str16 */
     g[n].m.type = MSG_RO_METRICS_REPORT;
     strcpy(g[n].m.u.ro_metrics_report.role, "gateway");
     g[n].m.u.ro_metrics_report.pid = 4242;
@@ -385,20 +386,20 @@ static void test_golden(void **state)
     memset(g[n].m.u.ro_metrics_report.samples, 'x', 300);
     g[n].nrep = 300;
     g[n].rep = 'x';
-    g[n++].hex = "98 03 32 a7 67 61 74 65 77 61 79 cd 10 92 cf 00 00 01 00 00 00 00 00"
+    g[n++].hex = "98 04 32 a7 67 61 74 65 77 61 79 cd 10 92 cf 00 00 01 00 00 00 00 00"
                  " cd 01 2c 01 da 01 2c";
 
-    /* [3, 51, 2^33] */
+    /* [4, 51, 2^33] */
     g[n].m.type = MSG_GW_METRICS_QUERY;
     g[n].m.u.gw_metrics_query.query = 1ULL << 33;
-    g[n++].hex = "93 03 33 cf 00 00 00 02 00 00 00 00";
+    g[n++].hex = "93 04 33 cf 00 00 00 02 00 00 00 00";
 
-    /* [3, 52, 5, 0, 1, "# x\n"] */
+    /* [4, 52, 5, 0, 1, "# x\n"] */
     g[n].m.type = MSG_MC_METRICS_PAGE;
     g[n].m.u.mc_metrics_page.query = 5;
     g[n].m.u.mc_metrics_page.pages = 1;
     strcpy(g[n].m.u.mc_metrics_page.text, "# x\n");
-    g[n++].hex = "96 03 34 05 00 01 a4 23 20 78 0a";
+    g[n++].hex = "96 04 34 05 00 01 a4 23 20 78 0a";
 
     for (size_t i = 0; i < n; i++) {
         uint8_t want[LK_MSG_MAX], got[LK_MSG_MAX];
