@@ -727,8 +727,17 @@ static void s_stop_procs(struct sup *s, int ri, int64_t timeout_ms)
 
 static void s_stop_all(struct sup *s)
 {
+    /* The gateways first: they drain their in-flight requests (a signup batch included),
+     * which need the workers still running; then the rest in reverse start order. */
+    int gwi = -1;
+    for (int ri = 0; ri < lk_nroles; ri++)
+        if (strcmp(lk_roles[ri].name, "gateway") == 0)
+            gwi = ri;
+    if (gwi >= 0)
+        s_stop_procs(s, gwi, s->cfg.supervisor.stop_timeout_ms);
     for (int ri = lk_nroles - 1; ri >= 0; ri--)
-        s_stop_procs(s, ri, s->cfg.supervisor.stop_timeout_ms);
+        if (ri != gwi)
+            s_stop_procs(s, ri, s->cfg.supervisor.stop_timeout_ms);
     pgembed_destroy(&s->pg);
 }
 

@@ -16,14 +16,16 @@
 #   6. a client that closes mid-batch: the gateway stays up (same pid), /health 200, a
 #      later batch works;
 #   7. a signup worker killed mid-batch: its line 503/504, every line answered in order;
-#   8. SIGTERM to the gateway mid-batch: it drains, the batch completes; no sanitizer
-#      report.
+#   8. SIGTERM to the gateway mid-batch: it drains, the batch completes; the whole stack
+#      stopped mid-batch: the gateway is stopped first and drains, every line 201; no
+#      sanitizer report.
 #
 #   tests/integration/batch_test.py BUILD_DIR      (e.g. build/release or build/san)
 import json
 import os
 import signal
 import socket
+import threading
 import subprocess
 import sys
 import time
@@ -378,8 +380,7 @@ def main():
     T.check("the admin key never appears in the log", KEY not in log)
 
     # SIGTERM to the gateway during a batch: it drains, the batch completes before it exits
-    # (to the gateway itself: latchkeyd stops the workers before the gateway, see the
-    # report; latchkeyd restarts the gateway afterwards)
+    # (latchkeyd restarts the gateway afterwards)
     gw_pid = st.pids("gateway").get(("gateway", 0))
     s, f = connect(st)
     send(s, "POST", PATH, ndjson([cred("t%d@example.com" % i) for i in range(30)]))
@@ -399,7 +400,25 @@ def main():
             [r["line"] for r in res] == list(range(1, 31)), (a[:3], rest))
     T.check("SIGTERM mid-batch: its lines all 201", res and all(r["status"] == 201 for r in res), res)
     T.check("the gateway is restarted by latchkeyd and ready", st.wait_ready(60))
-    T.check("stack stops cleanly", st.stop() == 0)
+
+    # The whole stack stopped (SIGTERM to latchkeyd) during a batch: latchkeyd stops the
+    # gateways first, so they drain with the workers still there: every line is 201.
+    s, f = connect(st)
+    send(s, "POST", PATH, ndjson([cred("z%d@example.com" % i) for i in range(200)]))
+    a = read_response(f, first_chunk_only=True)
+    stop_rc = []
+    stopper = threading.Thread(target=lambda: stop_rc.append(st.stop()))
+    stopper.start()
+    rest = read_response_rest(f)
+    f.close()
+    s.close()
+    stopper.join(120)
+    res = results(a[2] + rest) if a[0] == 200 and rest is not None else []
+    T.check("stack stopped mid-batch: the batch completes, every line 201",
+            [r["line"] for r in res] == list(range(1, 201)) and
+            all(r["status"] == 201 for r in res),
+            (a[0], len(res), sorted(set((r["status"], r.get("message", "")) for r in res))))
+    T.check("stack stops cleanly", stop_rc == [0], stop_rc)
     rep = st.sanitizer_reports()
     T.check("no sanitizer report", rep == "", rep[:3000])
     return T.done()
