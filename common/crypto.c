@@ -196,13 +196,19 @@ int lk_password_needs_rehash(const char *stored, uint64_t ops, size_t mem)
     return rc < 0 ? LK_EINVAL : rc;
 }
 
-void lk_throttle_key(const char *tag, const char *email, uint8_t out[32])
+void lk_tagged_hash(const char *tag, const char *s, uint8_t out[32])
 {
     crypto_generichash_state st;
     crypto_generichash_init(&st, NULL, 0, 32);
     crypto_generichash_update(&st, (const unsigned char *)tag, strlen(tag));
-    crypto_generichash_update(&st, (const unsigned char *)email, strlen(email));
+    crypto_generichash_update(&st, (const unsigned char *)s, strlen(s));
     crypto_generichash_final(&st, out, 32);
+    sodium_memzero(&st, sizeof st);
+}
+
+void lk_throttle_key(const char *tag, const char *email, uint8_t out[32])
+{
+    lk_tagged_hash(tag, email, out);
 }
 
 int lk_no_core_dumps(void)

@@ -58,7 +58,12 @@ void lk_wipe(void *p, size_t len);
 /* Constant-time equality of two buffers of len bytes: 1 if equal, 0 if not. */
 int lk_equal(const void *a, const void *b, size_t len);
 
-/* The throttling key of an email: BLAKE2b-256 of tag (e.g. "signin:") followed by the
+/* BLAKE2b-256 of tag followed by s (both NUL-terminated, the NULs excluded): a fixed-size
+ * digest for comparing secrets of any length with lk_equal (the admin API key), or for
+ * keying records by a value the cache must not hold (lk_throttle_key). */
+void lk_tagged_hash(const char *tag, const char *s, uint8_t out[32]);
+
+/* The throttling key of an email: lk_tagged_hash of tag (e.g. "signin:") and the
  * normalized email, so the cache never holds the address itself. */
 void lk_throttle_key(const char *tag, const char *email, uint8_t out[32]);
 
