@@ -7,8 +7,9 @@
    Cache-Control, CSP, nosniff, Referrer-Policy, ETag and 304, gzip and q=0, Vary, HEAD,
    405, 404 for an unknown asset, bounded metric labels).
 2. tests/browser/web_test.js against that stack: Debian's /usr/bin/chromium driven by
-   playwright-core (pinned in tests/browser/package-lock.json, installed here with `npm ci`
-   when missing; never a downloaded browser). Sign up, sign in, session, sign out, wrong
+   playwright-core (the registry's tarball vendored in tests/browser/vendor/, its integrity
+   pinned in tests/browser/package-lock.json, installed here with `npm ci` when missing:
+   no network needed; never a downloaded browser). Sign up, sign in, session, sign out, wrong
    password, a too-short password blocked before any request, keyboard-only use, sign out
    everywhere, 429 with Retry-After; any console error fails. Screenshots are kept in a
    directory printed at the end (LATCHKEY_WEB_SCREENSHOT=path also copies the first view
