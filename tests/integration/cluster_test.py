@@ -56,9 +56,20 @@ def sh(*args):
         return False
 
 
+# `ip netns add` makes /run/netns a mount point of its own when it is not one yet; put it
+# back as found when no other namespace lives there (a chroot's /run stays removable).
+RUN_NETNS_MOUNTED = os.path.ismount("/run/netns")
+
+
 def netns_down():
     sh("ip", "link", "del", VA)
     sh("ip", "netns", "del", NS)
+    try:
+        if (not RUN_NETNS_MOUNTED and os.path.ismount("/run/netns")
+                and not os.listdir("/run/netns")):
+            sh("umount", "/run/netns")
+    except OSError:
+        pass
 
 
 if os.geteuid() == 0 and sh("ip", "netns", "add", NS):
