@@ -66,6 +66,8 @@ static int s_commit(MDB_txn *txn, const char *what);
 static int s_grow(lk_cache_t *self);
 static size_t s_encode(const struct lk_session *s, uint8_t buf[S_VALUE_MAX]);
 static int s_decode(const MDB_val *v, struct lk_session *out);
+static int s_session_get(lk_cache_t *self, const uint8_t hash[32], int64_t now_ms,
+                         struct lk_session *out, int64_t *used_ms);
 
 static void s_put_i64(uint8_t *p, int64_t v)
 {
@@ -344,8 +346,10 @@ static int s_decode(const MDB_val *v, struct lk_session *out)
     return 0;
 }
 
-int lk_cache_session_get(lk_cache_t *self, const uint8_t hash[32], int64_t now_ms,
-                         struct lk_session *out)
+/* The lookup of lk_cache_session_get and lk_cache_session_get_used: used_ms NULL skips
+ * the "touch" read (validate with the idle timeout off reads one database, not two). */
+static int s_session_get(lk_cache_t *self, const uint8_t hash[32], int64_t now_ms,
+                         struct lk_session *out, int64_t *used_ms)
 {
     MDB_txn *txn;
     int rc = s_read_begin(self, &txn);
@@ -353,9 +357,19 @@ int lk_cache_session_get(lk_cache_t *self, const uint8_t hash[32], int64_t now_m
         return rc;
     MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash}, v;
     struct lk_session s;
+    int64_t touched = INT64_MIN;
     rc = mdb_get(txn, self->dbi, &k, &v);
     int bad = rc == 0 ? s_decode(&v, &s) : 0;
     size_t vsize = rc == 0 ? v.mv_size : 0;
+    if (rc == 0 && !bad && used_ms && self->has_udbi) {
+        /* The same snapshot as the session's. */
+        MDB_val u;
+        int urc = mdb_get(txn, self->udbi, &k, &u);
+        if (urc == 0 && u.mv_size == S_ULEN)
+            touched = s_get_i64(u.mv_data);
+        else if (urc != 0 && urc != MDB_NOTFOUND)
+            rc = urc;
+    }
     /* v points into the map: everything needed was copied out above. */
     s_read_end(self);
     if (rc == MDB_NOTFOUND)
@@ -373,7 +387,15 @@ int lk_cache_session_get(lk_cache_t *self, const uint8_t hash[32], int64_t now_m
     if (now_ms >= s.expires_ms)
         return LK_ENOTFOUND;
     *out = s;
+    if (used_ms)
+        *used_ms = touched > s.created_ms ? touched : s.created_ms;
     return 0;
+}
+
+int lk_cache_session_get(lk_cache_t *self, const uint8_t hash[32], int64_t now_ms,
+                         struct lk_session *out)
+{
+    return s_session_get(self, hash, now_ms, out, NULL);
 }
 
 int lk_cache_session_put(lk_cache_t *self, const uint8_t hash[32], const struct lk_session *s)
@@ -893,42 +915,7 @@ int lk_cache_throttle_sweep(lk_cache_t *self, int64_t before_ms, size_t max, siz
 int lk_cache_session_get_used(lk_cache_t *self, const uint8_t hash[32], int64_t now_ms,
                               struct lk_session *out, int64_t *used_ms)
 {
-    MDB_txn *txn;
-    int rc = s_read_begin(self, &txn);
-    if (rc != 0)
-        return rc;
-    MDB_val k = {.mv_size = S_KEY_LEN, .mv_data = (void *)hash}, v;
-    struct lk_session s;
-    int64_t touched = INT64_MIN;
-    rc = mdb_get(txn, self->dbi, &k, &v);
-    int bad = rc == 0 ? s_decode(&v, &s) : 0;
-    size_t vsize = rc == 0 ? v.mv_size : 0;
-    if (rc == 0 && !bad && self->has_udbi) {
-        /* The same snapshot as the session: a touch can never be older than its session
-         * in a way a second transaction could make inconsistent. */
-        MDB_val u;
-        int urc = mdb_get(txn, self->udbi, &k, &u);
-        if (urc == 0 && u.mv_size == S_ULEN)
-            touched = s_get_i64(u.mv_data);
-        else if (urc != 0 && urc != MDB_NOTFOUND)
-            rc = urc;
-    }
-    s_read_end(self);
-    if (rc == MDB_NOTFOUND)
-        return LK_ENOTFOUND;
-    if (rc != 0) {
-        lk_error("cache: get: %s", mdb_strerror(rc));
-        return LK_ECACHE;
-    }
-    if (bad) {
-        lk_warn("cache: corrupt session value (%zu bytes) treated as absent", vsize);
-        return LK_ENOTFOUND;
-    }
-    if (now_ms >= s.expires_ms)
-        return LK_ENOTFOUND;
-    *out = s;
-    *used_ms = touched > s.created_ms ? touched : s.created_ms;
-    return 0;
+    return s_session_get(self, hash, now_ms, out, used_ms);
 }
 
 int lk_cache_touch_many(lk_cache_t *self, const uint8_t (*hashes)[32], const int64_t *used_ms,
