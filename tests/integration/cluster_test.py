@@ -58,15 +58,24 @@ def sh(*args):
 
 # `ip netns add` makes /run/netns a mount point of its own when it is not one yet; put it
 # back as found when no other namespace lives there (a chroot's /run stays removable).
-RUN_NETNS_MOUNTED = os.path.ismount("/run/netns")
+def mounted(path):
+    # os.path.ismount misses a bind mount of a directory onto itself (same device), which is
+    # what ip netns makes: read the mount table instead.
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == path for line in f if len(line.split()) > 4)
+    except OSError:
+        return False
+
+
+RUN_NETNS_MOUNTED = mounted("/run/netns")
 
 
 def netns_down():
     sh("ip", "link", "del", VA)
     sh("ip", "netns", "del", NS)
     try:
-        if (not RUN_NETNS_MOUNTED and os.path.ismount("/run/netns")
-                and not os.listdir("/run/netns")):
+        if not RUN_NETNS_MOUNTED and mounted("/run/netns") and not os.listdir("/run/netns"):
             sh("umount", "/run/netns")
     except OSError:
         pass
