@@ -178,39 +178,27 @@ static int s_open_dbi(lk_cache_t *self, const char *path)
         lk_error("cache: open database '" S_DB_NAME "' in %s: %s", path, mdb_strerror(rc));
         return s_open_err(rc);
     }
-    /* The throttling counters: created with the environment; a reader that finds none (an
-     * environment made by an older build) simply has no throttle handle. */
-    rc = mdb_dbi_open(txn, S_TDB_NAME, self->readonly ? 0 : MDB_CREATE, &self->tdbi);
-    if (rc == 0)
-        self->has_tdbi = 1;
-    else if (!(rc == MDB_NOTFOUND && self->readonly)) {
-        mdb_txn_abort(txn);
-        lk_error("cache: open database '" S_TDB_NAME "' in %s: %s", path, mdb_strerror(rc));
-        return s_open_err(rc);
-    }
-    rc = mdb_dbi_open(txn, S_MDB_NAME, self->readonly ? 0 : MDB_CREATE, &self->mdbi);
-    if (rc == 0)
-        self->has_mdbi = 1;
-    else if (!(rc == MDB_NOTFOUND && self->readonly)) {
-        mdb_txn_abort(txn);
-        lk_error("cache: open database '" S_MDB_NAME "' in %s: %s", path, mdb_strerror(rc));
-        return s_open_err(rc);
-    }
-    rc = mdb_dbi_open(txn, S_UDB_NAME, self->readonly ? 0 : MDB_CREATE, &self->udbi);
-    if (rc == 0)
-        self->has_udbi = 1;
-    else if (!(rc == MDB_NOTFOUND && self->readonly)) {
-        mdb_txn_abort(txn);
-        lk_error("cache: open database '" S_UDB_NAME "' in %s: %s", path, mdb_strerror(rc));
-        return s_open_err(rc);
-    }
-    rc = mdb_dbi_open(txn, S_RDB_NAME, self->readonly ? 0 : MDB_CREATE, &self->rdbi);
-    if (rc == 0)
-        self->has_rdbi = 1;
-    else if (!(rc == MDB_NOTFOUND && self->readonly)) {
-        mdb_txn_abort(txn);
-        lk_error("cache: open database '" S_RDB_NAME "' in %s: %s", path, mdb_strerror(rc));
-        return s_open_err(rc);
+    /* The other databases: created with the environment; a reader that finds one missing
+     * (an environment made by an older build) simply has no handle for it. */
+    struct {
+        const char *name;
+        MDB_dbi *dbi;
+        int *has;
+    } more[] = {
+        {S_TDB_NAME, &self->tdbi, &self->has_tdbi},
+        {S_MDB_NAME, &self->mdbi, &self->has_mdbi},
+        {S_UDB_NAME, &self->udbi, &self->has_udbi},
+        {S_RDB_NAME, &self->rdbi, &self->has_rdbi},
+    };
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
+        rc = mdb_dbi_open(txn, more[i].name, self->readonly ? 0 : MDB_CREATE, more[i].dbi);
+        if (rc == 0)
+            *more[i].has = 1;
+        else if (!(rc == MDB_NOTFOUND && self->readonly)) {
+            mdb_txn_abort(txn);
+            lk_error("cache: open database '%s' in %s: %s", more[i].name, path, mdb_strerror(rc));
+            return s_open_err(rc);
+        }
     }
     rc = mdb_txn_commit(txn);
     if (rc != 0) {
@@ -967,8 +955,9 @@ int lk_cache_touch_many(lk_cache_t *self, const uint8_t (*hashes)[32], const int
     }
 }
 
-/* A last-use record older than before_ms, or one of an unknown format. */
-static int s_touch_garbage(const MDB_val *v, int64_t before_ms)
+/* A record that is one int64 time (a last use, a revocation) older than before_ms, or one
+ * of an unknown format. */
+static int s_time_garbage(const MDB_val *v, int64_t before_ms)
 {
     return v->mv_size != S_ULEN || s_get_i64(v->mv_data) < before_ms;
 }
@@ -980,7 +969,7 @@ int lk_cache_touch_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t
         return -EPERM;
     if (max == 0)
         return 0;
-    return s_sweep_dbi(self, self->udbi, before_ms, max, s_touch_garbage, "touch sweep", removed);
+    return s_sweep_dbi(self, self->udbi, before_ms, max, s_time_garbage, "touch sweep", removed);
 }
 
 int lk_cache_revoked_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size_t *removed)
@@ -990,7 +979,6 @@ int lk_cache_revoked_sweep(lk_cache_t *self, int64_t before_ms, size_t max, size
         return -EPERM;
     if (max == 0)
         return 0;
-    /* same value format as a last-use record: one int64 time */
-    return s_sweep_dbi(self, self->rdbi, before_ms, max, s_touch_garbage, "revoked sweep",
+    return s_sweep_dbi(self, self->rdbi, before_ms, max, s_time_garbage, "revoked sweep",
                        removed);
 }

@@ -78,7 +78,6 @@ static int s_send_line(struct gw_batch *b, size_t i);
 static void s_result(struct gw_batch *b, size_t i, int status, const char *code, const char *msg,
                      const char *user_id);
 static void s_free(struct gw_batch *b);
-static size_t s_line_pw_max(void);
 static size_t s_limit(void);
 
 static uint8_t s_key_hash[LK_TOKEN_HASH_LEN];
@@ -162,17 +161,9 @@ size_t batch_split(const char *body, size_t len, struct gw_span *lines, size_t m
     return n;
 }
 
-static size_t s_line_pw_max(void)
-{
-    size_t max = gw.cfg.password.max_bytes;
-    size_t cap = sizeof(((struct lk_msg_gw_signup_request *)0)->password) - 1;
-    return max < cap ? max : cap;
-}
-
 int batch_line_check(const char *line, size_t len, struct gw_credentials *cr,
                      char email[LK_EMAIL_MAX + 1], const char **code, const char **why)
 {
-    const char *reason = NULL;
     size_t k = 0;
 
     memset(cr, 0, sizeof *cr);
@@ -185,25 +176,10 @@ int batch_line_check(const char *line, size_t len, struct gw_credentials *cr,
     }
     if (routes_json_credentials(line, len, cr, why) != 0)
         return 400;
-    if (lk_email_normalize(cr->email, cr->email_len, email) != 0) {
+    int st = routes_signup_check(cr, email, code, why);
+    if (st != 0)
         routes_json_free(&cr->root);
-        *code = "invalid_email";
-        *why = "invalid email address";
-        return 400;
-    }
-    int rc = lk_password_check(cr->password, cr->password_len, (size_t)gw.cfg.password.min_length,
-                               s_line_pw_max(), &reason);
-    if (rc != 0) {
-        routes_json_free(&cr->root);
-        if (rc == LK_EMALFORMED) {
-            *why = "password must be valid UTF-8";
-        } else {
-            *code = "weak_password";
-            *why = reason ? reason : "password rejected";
-        }
-        return 400;
-    }
-    return 0;
+    return st;
 }
 
 /* ---- the request ---- */
@@ -399,14 +375,8 @@ static int s_send_line(struct gw_batch *b, size_t i)
         s_result(b, i, 400, code, why, NULL);
         return 1;
     }
-    memset(&m, 0, sizeof m);
-    m.type = MSG_GW_SIGNUP_REQUEST;
-    struct lk_msg_gw_signup_request *q = &m.u.gw_signup_request;
-    memcpy(q->rid, b->rid, sizeof q->rid);
-    q->deadline_ms = lk_now_ms() + gw.cfg.gateway.route_timeout_ms;
-    memcpy(q->email, email, sizeof q->email);
-    memcpy(q->password, cr.password, cr.password_len);
-    q->batch = 1;
+    routes_signup_message(&m, b->rid, email, &cr);
+    m.u.gw_signup_request.batch = 1;
     routes_json_free(&cr.root);
     int rc = broker_submit_line(b, (uint32_t)i, &m);
     lk_wipe(&m, sizeof m);

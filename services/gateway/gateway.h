@@ -182,6 +182,17 @@ int routes_json_tokens(const char *body, size_t len, struct json_t **root,
 /* Releases a decoded body (wiping every block: it may hold a password); sets *root NULL. */
 void routes_json_free(struct json_t **root);
 
+/* The checks of a signup's credentials (POST /api/auth/signup and each line of the batch):
+ * the email normalized into email, the password policy. Returns 0, or 400 with *code and
+ * *why set to static strings for the error answer. */
+int routes_signup_check(const struct gw_credentials *cr, char email[LK_EMAIL_MAX + 1],
+                        const char **code, const char **why) LK_WUR;
+
+/* Fills *m with the MSG_GW_SIGNUP_REQUEST of a checked signup (request id rid, the route
+ * timeout as its deadline). m holds the password: the caller wipes it (lk_wipe). */
+void routes_signup_message(struct lk_msg *m, const char *rid, const char *email,
+                           const struct gw_credentials *cr);
+
 /* A byte buffer for JSON output. fixed: p is caller-provided storage of cap bytes that
  * never grows; otherwise p is heap memory grown as needed (gw_buf_free releases it).
  * Any failure (no room, no memory) sets fail and later appends do nothing. */

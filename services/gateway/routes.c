@@ -598,38 +598,59 @@ static size_t s_pw_max(void)
     return max < cap ? max : cap;
 }
 
+int routes_signup_check(const struct gw_credentials *cr, char email[LK_EMAIL_MAX + 1],
+                        const char **code, const char **why)
+{
+    const char *reason = NULL;
+
+    if (lk_email_normalize(cr->email, cr->email_len, email) != 0) {
+        *code = "invalid_email";
+        *why = "invalid email address";
+        return 400;
+    }
+    int rc = lk_password_check(cr->password, cr->password_len, (size_t)gw.cfg.password.min_length,
+                               s_pw_max(), &reason);
+    if (rc == LK_EMALFORMED) {
+        *code = "invalid_request";
+        *why = "password must be valid UTF-8";
+        return 400;
+    }
+    if (rc != 0) {
+        *code = "weak_password";
+        *why = reason ? reason : "password rejected";
+        return 400;
+    }
+    return 0;
+}
+
+void routes_signup_message(struct lk_msg *m, const char *rid, const char *email,
+                           const struct gw_credentials *cr)
+{
+    memset(m, 0, sizeof *m);
+    m->type = MSG_GW_SIGNUP_REQUEST;
+    struct lk_msg_gw_signup_request *q = &m->u.gw_signup_request;
+    memcpy(q->rid, rid, sizeof q->rid);
+    q->deadline_ms = lk_now_ms() + gw.cfg.gateway.route_timeout_ms;
+    memcpy(q->email, email, sizeof q->email);
+    memcpy(q->password, cr->password, cr->password_len);
+}
+
 static void s_signup(struct gw_conn *c)
 {
     struct gw_credentials cr;
     char email[LK_EMAIL_MAX + 1];
-    const char *reason = NULL;
+    const char *code, *why;
     struct lk_msg m;
 
     if (s_ratelimited(c) != 0 || s_credentials(c, &cr) != 0)
         return;
-    const char *pw = cr.password;
-    size_t pwlen = cr.password_len;
-    if (lk_email_normalize(cr.email, cr.email_len, email) != 0) {
+    int st = routes_signup_check(&cr, email, &code, &why);
+    if (st != 0) {
         routes_json_free(&cr.root);
-        gw_reply_error(c, 400, "invalid_email", "invalid email address", NULL, 0);
+        gw_reply_error(c, st, code, why, NULL, 0);
         return;
     }
-    int rc = lk_password_check(pw, pwlen, (size_t)gw.cfg.password.min_length, s_pw_max(), &reason);
-    if (rc != 0) {
-        routes_json_free(&cr.root);
-        if (rc == LK_EMALFORMED)
-            s_reply_bad(c, "password must be valid UTF-8");
-        else
-            gw_reply_error(c, 400, "weak_password", reason ? reason : "password rejected", NULL, 0);
-        return;
-    }
-    memset(&m, 0, sizeof m);
-    m.type = MSG_GW_SIGNUP_REQUEST;
-    struct lk_msg_gw_signup_request *q = &m.u.gw_signup_request;
-    memcpy(q->rid, c->rid, sizeof q->rid);
-    q->deadline_ms = lk_now_ms() + gw.cfg.gateway.route_timeout_ms;
-    memcpy(q->email, email, sizeof q->email);
-    memcpy(q->password, pw, pwlen);
+    routes_signup_message(&m, c->rid, email, &cr);
     routes_json_free(&cr.root);
     if (broker_submit(c, GW_SIGNUP, GW_JOB_SIGNUP, &m, email) != 0)
         s_reply_unavailable(c, "no signup worker available");

@@ -33,14 +33,21 @@
 
 int sweeper_main(int argc, char **argv);
 static int64_t sweeper_cron(void);
-static int s_sweep_touch(int64_t now);
-static int s_sweep_revoked(int64_t now);
 static int s_sweep_db(int64_t before_ms, long *deleted);
 static int s_sweep_cache(int64_t before_ms, size_t *removed);
 static int s_warm_up(void);
-static int s_sweep_throttle(int64_t now);
+static int s_sweep_records(int (*sweep)(lk_cache_t *, int64_t, size_t, size_t *),
+                           int64_t before_ms, enum lk_log_level level, const char *what);
 static void s_analyze_cron(int64_t now, int64_t *next);
 static void s_metrics_sample(void *arg);
+
+/* A throttling record idle this long (and not locked) is forgotten: an email then starts
+ * again from zero failures; locks and signup windows are kept while they run. */
+#define THROTTLE_IDLE_MS (60 * 60 * 1000)
+
+/* Revocation records guard a warm-up page for the milliseconds between its read and its
+ * put; an hour is far beyond that. */
+#define REVOKED_KEEP_MS (60 * 60 * 1000)
 
 static struct lk_config s_cfg;
 static lk_cache_t *s_cache;
@@ -131,11 +138,17 @@ static int64_t sweeper_cron(void)
     }
     if ((rc = s_sweep_cache(now, &entries)) != 0)
         lk_error("cache sweep: %s", lk_strerror(rc));
-    if ((rc = s_sweep_throttle(now)) != 0)
+    /* Throttling records idle (and unlocked) for THROTTLE_IDLE_MS; last-use records older
+     * than the idle timeout (they say no more than the session's creation time would; with
+     * the timeout off, all of them); revocations older than REVOKED_KEEP_MS. */
+    if ((rc = s_sweep_records(lk_cache_throttle_sweep, now - THROTTLE_IDLE_MS, LK_LOG_INFO,
+                              "idle throttling records")) != 0)
         lk_error("throttle sweep: %s", lk_strerror(rc));
-    if ((rc = s_sweep_touch(now)) != 0)
+    if ((rc = s_sweep_records(lk_cache_touch_sweep, now - s_cfg.session.idle_timeout_ms,
+                              LK_LOG_DEBUG, "last-use records")) != 0)
         lk_error("touch sweep: %s", lk_strerror(rc));
-    if ((rc = s_sweep_revoked(now)) != 0)
+    if ((rc = s_sweep_records(lk_cache_revoked_sweep, now - REVOKED_KEEP_MS, LK_LOG_DEBUG,
+                              "revocation records")) != 0)
         lk_error("revoked sweep: %s", lk_strerror(rc));
     if ((rc = lk_cache_reader_check(s_cache, &readers)) != 0)
         lk_error("cache reader check: %s", lk_strerror(rc));
@@ -146,59 +159,21 @@ static int64_t sweeper_cron(void)
     return next;
 }
 
-/* A throttling record idle this long (and not locked) is forgotten: an email then starts
- * again from zero failures; locks and signup windows are kept while they run. */
-#define THROTTLE_IDLE_MS (60 * 60 * 1000)
-
-/* The idle timeout's last-use records: one older than the timeout says no more than the
- * session's creation time would (the session is idle either way), so it goes; with the
- * timeout off, every record goes. */
-static int s_sweep_touch(int64_t now)
-{
-    size_t removed = 0, total = 0;
-    int rc;
-    int64_t before = now - s_cfg.session.idle_timeout_ms;
-    do {
-        rc = lk_cache_touch_sweep(s_cache, before, SWEEP_BATCH, &removed);
-        total += removed;
-    } while (rc == 0 && removed == SWEEP_BATCH);
-    if (rc == -EPERM)
-        return 0; /* an environment without the touch database: nothing to sweep */
-    if (total)
-        lk_debug("swept %zu last-use records", total);
-    return rc;
-}
-
-/* Revocation records guard a warm-up page for the milliseconds between its read and its
- * put; an hour is far beyond that. */
-#define REVOKED_KEEP_MS (60 * 60 * 1000)
-
-static int s_sweep_revoked(int64_t now)
+/* Runs one of the cache's record sweeps (throttle, touch, revoked: same signature) until a
+ * pass removes less than a batch; logs the total as "swept N <what>" at level. An
+ * environment without that database (-EPERM) has nothing to sweep. */
+static int s_sweep_records(int (*sweep)(lk_cache_t *, int64_t, size_t, size_t *),
+                           int64_t before_ms, enum lk_log_level level, const char *what)
 {
     size_t removed = 0, total = 0;
     int rc;
     do {
-        rc = lk_cache_revoked_sweep(s_cache, now - REVOKED_KEEP_MS, SWEEP_BATCH, &removed);
-        total += removed;
-    } while (rc == 0 && removed == SWEEP_BATCH);
-    if (rc == -EPERM)
-        return 0; /* an environment without the revoked database */
-    if (total)
-        lk_debug("swept %zu revocation records", total);
-    return rc;
-}
-
-static int s_sweep_throttle(int64_t now)
-{
-    size_t removed = 0, total = 0;
-    int rc;
-    do {
-        rc = lk_cache_throttle_sweep(s_cache, now - THROTTLE_IDLE_MS, SWEEP_BATCH, &removed);
+        rc = sweep(s_cache, before_ms, SWEEP_BATCH, &removed);
         total += removed;
     } while (rc == 0 && removed == SWEEP_BATCH);
     if (total)
-        lk_info("swept %zu idle throttling records", total);
-    return rc;
+        lk_log(level, NULL, "swept %zu %s", total, what);
+    return rc == -EPERM ? 0 : rc;
 }
 
 /* Deletes the rows that expired before before_ms, and exactly those rows' cache entries
