@@ -198,7 +198,11 @@ T.check("no worker (nor the gateway) restarted", all(after[k] == before[k] for k
         (before, after))
 time.sleep(0.5)
 fds_after = worker_fds()
-T.check("no worker leaked a file descriptor", fds_after == fds_before, (fds_before, fds_after))
+# a leak is a descriptor more; one fewer (a connection the worker's libraries closed
+# meanwhile) was seen once under load and is not one
+T.check("no worker leaked a file descriptor",
+        set(fds_after) == set(fds_before) and all(fds_after[p] <= n for p, n in fds_before.items()),
+        (fds_before, fds_after))
 conns_after = int(S.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'latchkey'"))
 T.check("no leaked Postgres connection (%d before, %d after)" % (conns_before, conns_after),
         conns_after <= conns_before)
